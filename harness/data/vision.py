@@ -1,0 +1,120 @@
+"""Image classification datasets held in memory: scikit-learn digits, MNIST, CIFAR-10 and CIFAR-100."""
+
+import torch
+import torch.nn.functional as F
+
+from harness.data.base import ArrayDataset, split_indices
+from harness.data.files import RemoteFile, fetch_files
+from harness.registry import register_dataset
+
+MNIST_FILES = [
+    RemoteFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    RemoteFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    RemoteFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    RemoteFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+]
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+CIFAR_FILES = {
+    10: RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    100: RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+# Per-channel statistics used by the papers' CIFAR pipelines (AdaBelief's, which PSGD follows).
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def _normalized(images, mean, std):
+    mean = torch.tensor(mean).view(1, -1, 1, 1)
+    std = torch.tensor(std).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def random_crop_flip(pad=4, flip=True, cutout=0):
+    """Augmentation of a batch: random crop after zero padding, horizontal flip, optional Cutout (p = 0.5)."""
+
+    def augment(images, generator):
+        n, _, h, w = images.shape
+        padded = F.pad(images, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        if flip:
+            mirror = torch.rand(n, generator=generator) < 0.5
+            out[mirror] = out[mirror].flip(-1)
+        if cutout:
+            cy = torch.randint(0, h, (n,), generator=generator)
+            cx = torch.randint(0, w, (n,), generator=generator)
+            apply = torch.rand(n, generator=generator) < 0.5
+            for i in torch.nonzero(apply).flatten().tolist():
+                y0, x0 = max(int(cy[i]) - cutout // 2, 0), max(int(cx[i]) - cutout // 2, 0)
+                out[i, :, y0 : y0 + cutout, x0 : x0 + cutout] = 0.0
+        return out
+
+    return augment
+
+
+@register_dataset("digits")
+def digits(paths, batch_size=64, seed=0, image_size=28, test_fraction=0.2):
+    """scikit-learn's 8×8 handwritten digits (1,797 images, shipped with the package), resized to
+    `image_size` so that LeNet-5 applies as on MNIST; a seeded train/test split."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if image_size != 8:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = (images - images.mean()) / images.std()
+    labels = torch.tensor(raw.target, dtype=torch.long)
+    train, test = split_indices(len(labels), 1.0 - test_fraction, seed)
+    data = ArrayDataset((images[train], labels[train]), (images[test], labels[test]), batch_size, seed)
+    data.info = {"num_classes": 10, "in_channels": 1, "image_size": image_size}
+    return data
+
+
+@register_dataset("mnist")
+def mnist(paths, batch_size=64, seed=0, normalize=True):
+    """MNIST (LeCun's four files; read from the mirror, the cache or downloaded, each md5-checked)."""
+    from torchvision.datasets import MNIST
+
+    files = [RemoteFile(f.name, f.md5, MNIST_URL + f.name) for f in MNIST_FILES]
+    fetch_files("MNIST", paths, "MNIST/raw", files, mirror_subdir="mnist")
+    splits = [MNIST(str(paths.root), train=train, download=True) for train in (True, False)]
+    tensors = []
+    for split in splits:
+        images = split.data.unsqueeze(1).float() / 255.0
+        if normalize:
+            images = (images - 0.1307) / 0.3081
+        tensors.append((images, split.targets.long()))
+    data = ArrayDataset(tensors[0], tensors[1], batch_size, seed)
+    data.info = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    return data
+
+
+def _cifar(paths, classes, batch_size, seed, augment, cutout):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    remote = CIFAR_FILES[classes]
+    fetch_files(
+        f"CIFAR-{classes}", paths, "", [remote], mirror_subdir=f"cifar{classes}",
+        how_to=f"Download {remote.url} on a machine with network and copy it to {paths.root}",
+    )
+    loader = CIFAR10 if classes == 10 else CIFAR100
+    tensors = []
+    for train in (True, False):
+        split = loader(str(paths.root), train=train, download=True)
+        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).float() / 255.0
+        tensors.append((_normalized(images, CIFAR_MEAN, CIFAR_STD), torch.tensor(split.targets, dtype=torch.long)))
+    data = ArrayDataset(tensors[0], tensors[1], batch_size, seed, augment=random_crop_flip(cutout=cutout) if augment else None)
+    data.info = {"num_classes": classes, "in_channels": 3, "image_size": 32}
+    return data
+
+
+@register_dataset("cifar10")
+def cifar10(paths, batch_size=128, seed=0, augment=True, cutout=0):
+    """CIFAR-10 with the standard augmentation (random crop, padding 4, horizontal flip, normalisation)."""
+    return _cifar(paths, 10, batch_size, seed, augment, cutout)
+
+
+@register_dataset("cifar100")
+def cifar100(paths, batch_size=128, seed=0, augment=True, cutout=0):
+    """CIFAR-100 with the standard augmentation."""
+    return _cifar(paths, 100, batch_size, seed, augment, cutout)

@@ -1,0 +1,44 @@
+"""The one entrypoint: Hydra composes the config, the harness runs it.
+
+    python train.py optimizer=adamw model=resnet18
+    python train.py experiment=xor_rnn_psgd            # a paper setting
+    python train.py -m optimizer=sgd,adamw seed=0,1,2   # a sweep (multirun)
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from harness.errors import UserError
+from harness.loop import train
+
+
+def prepare(cfg, choices):
+    """Record the group choices and a default experiment name in the config itself."""
+    with open_dict(cfg):
+        cfg.choices = {group: choice for group, choice in choices.items() if not group.startswith("hydra") and choice}
+        if not cfg.experiment_name:
+            cfg.experiment_name = f"{choices['model']}-{choices['dataset']}-{choices['optimizer']}"
+    return cfg
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg):
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    cfg = prepare(cfg, dict(hydra_cfg.runtime.choices))
+    try:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        summary = train(cfg, run_dir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"run directory: {run_dir}")
+    return summary.get("final", {}).get("val/loss")
+
+
+if __name__ == "__main__":
+    main()
