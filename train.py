@@ -10,19 +10,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
+from harness.compose import prepare
 from harness.errors import UserError
 from harness.loop import train
-
-
-def prepare(cfg, choices):
-    """Record the group choices and a default experiment name in the config itself."""
-    with open_dict(cfg):
-        cfg.choices = {group: choice for group, choice in choices.items() if not group.startswith("hydra") and choice}
-        if not cfg.experiment_name:
-            cfg.experiment_name = f"{choices['model']}-{choices['dataset']}-{choices['optimizer']}"
-    return cfg
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")

@@ -7,6 +7,7 @@ Tables are built from the local files, never from W&B. W&B runs offline when no 
 import json
 import netrc
 import os
+import secrets
 from pathlib import Path
 
 
@@ -52,7 +53,7 @@ class WandbLogger:
             print("W&B: no API key configured, logging offline (sync later with `wandb sync`)")
             mode = "offline"
         id_file = Path(run_dir) / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id)
         self.run = wandb.init(
             project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"), tags=list(cfg.get("tags") or []),

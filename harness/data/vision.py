@@ -1,5 +1,9 @@
 """Image classification datasets held in memory: scikit-learn digits, MNIST, CIFAR-10 and CIFAR-100."""
 
+import pickle
+import tarfile
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -89,21 +93,48 @@ def mnist(paths, batch_size=64, seed=0, normalize=True):
     return data
 
 
-def _cifar(paths, classes, batch_size, seed, augment, cutout):
-    from torchvision.datasets import CIFAR10, CIFAR100
+CIFAR_LAYOUT = {  # extracted folder, training batches, test batch, label key
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+    100: ("cifar-100-python", ["train"], "test", b"fine_labels"),
+}
 
+
+def read_cifar_folder(folder, classes):
+    """Read the CIFAR python-pickle batches of an extracted folder into (images, labels) tensors per split."""
+    _, train_names, test_name, label_key = CIFAR_LAYOUT[classes]
+    splits = []
+    for names in (train_names, [test_name]):
+        images, labels = [], []
+        for name in names:
+            with open(folder / name, "rb") as handle:
+                batch = pickle.load(handle, encoding="bytes")
+            images.append(torch.from_numpy(np.asarray(batch[b"data"], dtype=np.uint8)).view(-1, 3, 32, 32))
+            labels.append(torch.tensor(batch[label_key], dtype=torch.long))
+        splits.append((torch.cat(images).float() / 255.0, torch.cat(labels)))
+    return splits
+
+
+def locate_cifar(paths, classes):
+    """An extracted CIFAR folder: in the mirror or the cache, else extracted from the md5-checked archive."""
+    folder_name = CIFAR_LAYOUT[classes][0]
+    for base in [paths.mirror / f"cifar{classes}" if paths.mirror else None, paths.root]:
+        if base is not None and (base / folder_name).is_dir():
+            return base / folder_name
     remote = CIFAR_FILES[classes]
-    fetch_files(
+    directory = fetch_files(
         f"CIFAR-{classes}", paths, "", [remote], mirror_subdir=f"cifar{classes}",
-        how_to=f"Download {remote.url} on a machine with network and copy it to {paths.root}",
+        how_to=f"Download {remote.url} on a machine with network and copy it to {paths.root} (or its extracted {folder_name}/)",
     )
-    loader = CIFAR10 if classes == 10 else CIFAR100
-    tensors = []
-    for train in (True, False):
-        split = loader(str(paths.root), train=train, download=True)
-        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).float() / 255.0
-        tensors.append((_normalized(images, CIFAR_MEAN, CIFAR_STD), torch.tensor(split.targets, dtype=torch.long)))
-    data = ArrayDataset(tensors[0], tensors[1], batch_size, seed, augment=random_crop_flip(cutout=cutout) if augment else None)
+    with tarfile.open(directory / remote.name) as archive:
+        archive.extractall(directory, filter="data")
+    return directory / folder_name
+
+
+def _cifar(paths, classes, batch_size, seed, augment, cutout):
+    (train_x, train_y), (test_x, test_y) = read_cifar_folder(locate_cifar(paths, classes), classes)
+    train = (_normalized(train_x, CIFAR_MEAN, CIFAR_STD), train_y)
+    test = (_normalized(test_x, CIFAR_MEAN, CIFAR_STD), test_y)
+    data = ArrayDataset(train, test, batch_size, seed, augment=random_crop_flip(cutout=cutout) if augment else None)
     data.info = {"num_classes": classes, "in_channels": 3, "image_size": 32}
     return data
 

@@ -1,0 +1,44 @@
+"""Composing configs without the command line (Hydra's compose API), as tests and scripts need.
+
+`run_config(overrides, run_dir)` trains exactly what `python train.py <overrides>` would, in-process.
+"""
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = REPO_ROOT / "configs"
+
+
+def compose_config(overrides, return_hydra_config=False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def prepare(cfg, choices):
+    """Record the group choices and a default experiment name in the config itself (as train.py does)."""
+    with open_dict(cfg):
+        cfg.choices = {group: choice for group, choice in choices.items() if not group.startswith("hydra") and choice}
+        if not cfg.experiment_name:
+            cfg.experiment_name = f"{choices['model']}-{choices['dataset']}-{choices['optimizer']}"
+    return cfg
+
+
+def composed_run_config(overrides):
+    """The config `python train.py <overrides>` would train, with its choices recorded."""
+    full = compose_config(overrides, return_hydra_config=True)
+    choices = dict(full.hydra.runtime.choices)
+    return prepare(compose_config(overrides), choices)
+
+
+def run_config(overrides, run_dir):
+    """Train the config of `overrides` into `run_dir`; returns (cfg, summary)."""
+    from harness.loop import train
+
+    cfg = composed_run_config(overrides)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return cfg, train(cfg, run_dir)

@@ -1,0 +1,87 @@
+"""A resumed run continues exactly where it stopped (torch.equal on every parameter)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from harness.data.base import ArrayDataset
+from tests.harness.helpers import REPO_ROOT, run
+
+N = 6
+TASK = ["model=mlp", "dataset=digits", "schedule=cosine", f"trainer.max_steps={2 * N}", f"checkpoint.every={N}", "trainer.eval_every=4"]
+
+
+def final_parameters(run_dir):
+    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(newest, weights_only=True)["model"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("optimizer", ["optimizer=sgd", "optimizer=adamw"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
+    run([*TASK, optimizer], tmp_path / "straight")
+
+    original = ArrayDataset.train_batch
+
+    def failing_after_checkpoint(self, step):
+        if step == N + 1:
+            raise Interrupted("simulated crash after the checkpoint at step N")
+        return original(self, step)
+
+    monkeypatch.setattr(ArrayDataset, "train_batch", failing_after_checkpoint)
+    with pytest.raises(Interrupted):
+        run([*TASK, optimizer], tmp_path / "resumed")
+    monkeypatch.setattr(ArrayDataset, "train_batch", original)
+    _, summary = run([*TASK, optimizer], tmp_path / "resumed")
+
+    straight, resumed = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "resumed")
+    assert summary["steps"] == 2 * N
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps_logged = [json.loads(line).get("step") for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    straight_logged = [json.loads(line).get("step") for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == straight_logged, "metrics after the checkpoint are logged once, not twice"
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+    run([*TASK, "optimizer=sgd", "checkpoint.at_end=false", "checkpoint.keep=3", f"trainer.max_steps={2 * N + 1}"], tmp_path / "a")
+    checkpoints = sorted((tmp_path / "a" / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in checkpoints] == [f"step_{N:08d}.pt", f"step_{2 * N:08d}.pt"]
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:100])  # truncate the newest
+    with pytest.warns(UserWarning, match="unreadable"):
+        _, summary = run([*TASK, "optimizer=sgd", f"trainer.max_steps={2 * N + 1}"], tmp_path / "a")
+    assert summary["steps"] == 2 * N + 1
+
+
+def _train_process(run_dir, steps):
+    command = [sys.executable, "train.py", "model=lenet5", "dataset=digits", "optimizer=adamw", "schedule=cosine",
+               f"trainer.max_steps={steps}", "checkpoint.every=20", "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    steps = 300
+    straight = _train_process(tmp_path / "straight", steps)
+    killed = _train_process(tmp_path / "killed", steps)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step_00000100.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run finished before it could be killed; make it longer"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = _train_process(tmp_path / "killed", steps)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    a, b = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "killed")
+    assert all(torch.equal(a[name], b[name]) for name in a)
