@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from harness.checkpoint import CheckpointManager, rng_state, set_rng_state
-from harness.data import DataPaths, build_dataset
+from harness.data import DataPaths, build_dataset, to_device
 from harness.errors import ConfigError, NonFiniteLossError
 from harness.loggers import Loggers
-from harness.metrics import evaluate
+from harness.metrics import evaluate, final_metrics
 from harness.models import build_model
 from harness.protocol import LossClosure, build_optimizer, l2_regularizer, loss_function
 from harness.run_info import environment, peak_memory_mb
@@ -78,7 +78,7 @@ def train(cfg, run_dir, is_main=True):
 
     def sample_batch(batch_size):
         inputs, targets = dataset.sample_batch(batch_size, sample_generator)
-        return inputs.to(device), targets.to(device)
+        return to_device(inputs, device), to_device(targets, device)
 
     optimizer = build_optimizer(cfg.optimizer, model, dataset.loss, sample_batch)
     schedule = Schedule(cfg.schedule, total_steps, dataset.steps_per_epoch)
@@ -120,7 +120,7 @@ def train(cfg, run_dir, is_main=True):
         started = time.perf_counter()
         schedule.apply(optimizer, step)
         model.train()
-        inputs, targets = (t.to(device, non_blocking=True) for t in dataset.train_batch(step))
+        inputs, targets = to_device(dataset.train_batch(step), device)
         closure = LossClosure(forward_model, inputs, targets, loss_fn, regularizer, trainer.grad_clip, autocast)
         closure.model = model
         optimizer.step(closure)
@@ -154,6 +154,10 @@ def train(cfg, run_dir, is_main=True):
     progress.close()
     if cfg.checkpoint.at_end:
         save_checkpoint(step)
+    extra = final_metrics(model, dataset, device)
+    if extra:
+        best.setdefault("last", {}).update(extra)
+        loggers.log({"step": step, **extra})
 
     # -- summary -----------------------------------------------------------------------------------
     summary = {

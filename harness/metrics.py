@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from harness.data.base import to_device
+
 
 @torch.no_grad()
 def evaluate(model, dataset, loss_fn, device, autocast=None):
@@ -11,7 +13,7 @@ def evaluate(model, dataset, loss_fn, device, autocast=None):
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for inputs, targets in dataset.eval_batches():
-        inputs, targets = inputs.to(device), targets.to(device)
+        inputs, targets = to_device(inputs, device), to_device(targets, device)
         if autocast is not None:
             with autocast():
                 outputs = model(inputs).float()
@@ -33,3 +35,10 @@ def evaluate(model, dataset, loss_fn, device, autocast=None):
     if "perplexity" in dataset.metrics:
         metrics["val/perplexity"] = math.exp(min(metrics["val/loss"], 50.0))
     return metrics
+
+
+def final_metrics(model, dataset, device):
+    """Metrics a dataset computes only at the end of a run (for example BLEU with beam search):
+    its optional `final_metrics(model, device) -> dict` method."""
+    extra = getattr(dataset, "final_metrics", None)
+    return extra(model, device) if extra is not None else {}

@@ -56,7 +56,6 @@ class LossClosure:
         self.model, self.inputs, self.targets = model, inputs, targets
         self.loss_fn, self.regularizer, self.grad_clip = loss_fn, regularizer, grad_clip
         self.autocast = autocast
-        self.devices = [inputs.device.index] if inputs.is_cuda else []
         self.rng_state = torch.random.get_rng_state()
         self.cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self.data_loss = None  # the loss without the regularizer, from the first call

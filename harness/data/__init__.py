@@ -1,7 +1,7 @@
 """Dataset registry. Importing this package registers every dataset."""
 
 from harness.data import synthetic, vision  # noqa: F401  (registration side effects)
-from harness.data.base import LOSS_KINDS, ArrayDataset, Dataset
+from harness.data.base import LOSS_KINDS, ArrayDataset, Dataset, to_device
 from harness.data.files import DataPaths
 from harness.errors import ConfigError
 from harness.registry import DATASETS, build_from_registry
@@ -17,4 +17,4 @@ def build_dataset(cfg, paths, seed):
         raise ConfigError(str(error)) from error
 
 
-__all__ = ["ArrayDataset", "DATASETS", "DataPaths", "Dataset", "LOSS_KINDS", "build_dataset"]
+__all__ = ["ArrayDataset", "DATASETS", "DataPaths", "Dataset", "LOSS_KINDS", "build_dataset", "to_device"]

@@ -85,6 +85,15 @@ class ArrayDataset(Dataset):
             yield self.test_x[start : start + self.eval_batch_size], self.test_y[start : start + self.eval_batch_size]
 
 
+def to_device(batch, device):
+    """Move a tensor, or a tuple/list/dict of tensors (seq2seq inputs), to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return type(batch)(to_device(value, device) for value in batch)
+
+
 def split_indices(n, train_fraction, seed):
     """A seeded random split of range(n) into train and held-out index tensors."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
