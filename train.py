@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from harness.compose import prepare
 from harness.errors import UserError
-from harness.loop import train
+from harness.tasks import run_task
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
@@ -24,7 +24,7 @@ def main(cfg):
     cfg = prepare(cfg, dict(hydra_cfg.runtime.choices))
     try:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        summary = train(cfg, run_dir)
+        summary = run_task(cfg, run_dir)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -37,8 +37,8 @@ def composed_run_config(overrides):
 
 def run_config(overrides, run_dir):
     """Train the config of `overrides` into `run_dir`; returns (cfg, summary)."""
-    from harness.loop import train
+    from harness.tasks import run_task
 
     cfg = composed_run_config(overrides)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return cfg, train(cfg, run_dir)
+    return cfg, run_task(cfg, run_dir)

@@ -24,6 +24,7 @@ from harness.models import build_model
 from harness.protocol import LossClosure, build_optimizer, l2_regularizer, loss_function
 from harness.run_info import environment, peak_memory_mb
 from harness.schedules import Schedule
+from harness.tasks import register_task
 
 
 def resolve_device(name):
@@ -62,6 +63,7 @@ def autocast_for(precision, device):
     raise ConfigError(f"trainer.precision={precision!r} is invalid; choose 'fp32' or 'bf16'")
 
 
+@register_task("supervised")
 def train(cfg, run_dir, is_main=True):
     """Train as `cfg` says, writing everything into `run_dir`. Returns the summary dict."""
     run_dir = Path(run_dir)

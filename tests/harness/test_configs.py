@@ -4,7 +4,7 @@ import pytest
 
 from tests.harness.helpers import CONFIGS, compose_config
 
-GROUPS = ["model", "dataset", "optimizer", "schedule", "logger"]
+GROUPS = ["task", "model", "dataset", "optimizer", "schedule", "logger"]
 
 
 def options(group):
