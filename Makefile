@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export REPRO_DATA_MIRROR ?= $(wildcard ../shared/data)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo tables bench clean
+.PHONY: help install test test-fast demo tables bench clean sweep collect
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,3 +36,9 @@ bench: install  ## Print ms/step and state-size ratios of every optimizer agains
 
 clean:  ## Remove Hydra outputs and caches (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache
+
+sweep: install  ## Submit slurm/sweeps/$(SWEEP).yaml (DRY_RUN=1 lists the jobs; EXECUTOR=local runs them here)
+	$(PY) -m scripts.sweep $(SWEEP) --executor $(or $(EXECUTOR),slurm) $(if $(DRY_RUN),--dry-run,)
+
+collect: install  ## Copy finished runs' summaries from $(RUNS) (default outputs/sweeps) into results/runs/
+	$(PY) -m scripts.collect_runs $(or $(RUNS),outputs/sweeps)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
 from harness.compose import prepare
 from harness.errors import UserError
@@ -23,7 +22,6 @@ def main(cfg):
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg = prepare(cfg, dict(hydra_cfg.runtime.choices))
     try:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         summary = run_task(cfg, run_dir)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

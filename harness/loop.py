@@ -17,10 +17,12 @@ from tqdm import tqdm
 
 from harness.checkpoint import CheckpointManager, rng_state, set_rng_state
 from harness.data import DataPaths, build_dataset, to_device
+from harness.distributed import Distributed
 from harness.errors import ConfigError, NonFiniteLossError
 from harness.loggers import Loggers
 from harness.metrics import evaluate, final_metrics
 from harness.models import build_model
+from harness.preemption import PreemptionGuard
 from harness.protocol import LossClosure, build_optimizer, l2_regularizer, loss_function
 from harness.run_info import environment, peak_memory_mb
 from harness.schedules import Schedule
@@ -64,117 +66,149 @@ def autocast_for(precision, device):
 
 
 @register_task("supervised")
-def train(cfg, run_dir, is_main=True):
+def train(cfg, run_dir):
     """Train as `cfg` says, writing everything into `run_dir`. Returns the summary dict."""
     run_dir = Path(run_dir)
     trainer = cfg.trainer
     torch.manual_seed(cfg.seed)
     configure_determinism(trainer)
-    device = resolve_device(trainer.device)
-
-    # -- data, model, optimizer, schedule -----------------------------------------------------------
-    dataset = build_dataset(cfg.dataset, DataPaths.from_config(cfg.data), cfg.seed)
-    model = build_model(cfg.model, dataset.info).to(device)
-    total_steps = total_steps_of(trainer, dataset)
-    sample_generator = torch.Generator().manual_seed(cfg.seed + 104_729)
-
-    def sample_batch(batch_size):
-        inputs, targets = dataset.sample_batch(batch_size, sample_generator)
-        return to_device(inputs, device), to_device(targets, device)
-
-    optimizer = build_optimizer(cfg.optimizer, model, dataset.loss, sample_batch)
-    schedule = Schedule(cfg.schedule, total_steps, dataset.steps_per_epoch)
-    schedule.attach(optimizer)
-    loss_fn = loss_function(dataset.loss)
-    regularizer = l2_regularizer(trainer.l2, trainer.l2_randomized, trainer.l2_exclude_norm_and_bias)
-    autocast = autocast_for(trainer.precision, device)
-    forward_model = torch.compile(model) if trainer.compile else model
-
-    # -- resume ------------------------------------------------------------------------------------
+    ranks = Distributed.from_environment(trainer.device)
+    device = ranks.device(resolve_device(trainer.device))
+    run = build_run(cfg, device)
+    if ranks.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
-    start_step, best, last_checkpoint = 0, {}, None
-    if cfg.checkpoint.resume:
-        payload, last_checkpoint = checkpoints.load_latest()
-        if payload is not None:
-            model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            sample_generator.set_state(payload["sample_generator"])
-            set_rng_state(payload["rng"])
-            start_step, best = payload["step"], payload["best"]
-            print(f"resumed from {last_checkpoint} at step {start_step}")
+    start_step, best, last_checkpoint = resume(cfg, run, checkpoints)
+    loggers = Loggers(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name,
+                      resume_step=start_step or None, enabled=ranks.is_main)
 
     def save_checkpoint(step):
-        if not is_main:
+        if not ranks.is_main:
             return None
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                   "sample_generator": sample_generator.get_state(), "best": best}
-        return checkpoints.save(step, payload)
+        return checkpoints.save(step, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                       "rng": rng_state(), "sample_generator": run.sample_generator.get_state(), "best": best})
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = Loggers(cfg.logger, run_dir, config, run_dir.name, resume_step=start_step if start_step else None, enabled=is_main)
-    print(f"{cfg.model.name} on {cfg.dataset.name} with {cfg.optimizer._target_}: {total_steps} steps on {device}")
-
-    # -- train -------------------------------------------------------------------------------------
-    train_time, timed_steps, step, stopped = 0.0, 0, start_step, "max_steps"
-    last_loss = math.nan
-    progress = tqdm(total=total_steps, initial=start_step, disable=not trainer.progress, dynamic_ncols=True)
-    while step < total_steps:
-        started = time.perf_counter()
-        schedule.apply(optimizer, step)
-        model.train()
-        inputs, targets = to_device(dataset.train_batch(step), device)
-        closure = LossClosure(forward_model, inputs, targets, loss_fn, regularizer, trainer.grad_clip, autocast)
-        closure.model = model
-        optimizer.step(closure)
-        last_loss = float(closure.data_loss)
-        if not math.isfinite(last_loss):
-            raise NonFiniteLossError(
-                f"the loss is {last_loss} at step {step}; training stopped. Last good checkpoint: "
-                f"{last_checkpoint or 'none written yet'}. Lower the learning rate or set trainer.grad_clip."
-            )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - started
-        timed_steps += 1
-        step += 1
-        progress.update(1)
-        if step % trainer.log_every == 0 or step == total_steps:
-            loggers.log({"step": step, "train/loss": last_loss, "lr": optimizer.param_groups[0]["lr"]})
-            progress.set_postfix(loss=f"{last_loss:.4g}")
-        target_reached = trainer.stop_at_train_loss is not None and last_loss < trainer.stop_at_train_loss
-        if target_reached:
-            stopped = "target_train_loss"
-        if (trainer.eval_every and step % trainer.eval_every == 0) or step == total_steps or target_reached:
-            metrics = evaluate(model, dataset, loss_fn, device, autocast)
-            if metrics:
-                _update_best(best, metrics, step)
-                loggers.log({"step": step, **metrics})
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total_steps and not target_reached:
-            last_checkpoint = save_checkpoint(step)
-        if target_reached:
-            break
+    if ranks.is_main:
+        print(f"{cfg.model.name} on {cfg.dataset.name} with {cfg.optimizer._target_}: {run.total_steps} steps on {device}"
+              + (f" x {ranks.world_size} processes" if ranks.active else ""))
+    train_time, step, stopped, last_loss = 0.0, start_step, "max_steps", math.nan
+    progress = tqdm(total=run.total_steps, initial=start_step, disable=not (trainer.progress and ranks.is_main), dynamic_ncols=True)
+    with PreemptionGuard() as preemption:
+        while step < run.total_steps:
+            started = time.perf_counter()
+            last_loss = ranks.mean(train_step(run, step, ranks, trainer))
+            if not math.isfinite(last_loss):
+                raise NonFiniteLossError(
+                    f"the loss is {last_loss} at step {step}; training stopped. Last good checkpoint: "
+                    f"{last_checkpoint or 'none written yet'}. Lower the learning rate or set trainer.grad_clip.")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time += time.perf_counter() - started
+            step += 1
+            progress.update(1)
+            if step % trainer.log_every == 0 or step == run.total_steps:
+                loggers.log({"step": step, "train/loss": last_loss, "lr": run.optimizer.param_groups[0]["lr"]})
+                progress.set_postfix(loss=f"{last_loss:.4g}")
+            target_reached = trainer.stop_at_train_loss is not None and last_loss < trainer.stop_at_train_loss
+            if (trainer.eval_every and step % trainer.eval_every == 0) or step == run.total_steps or target_reached:
+                metrics = evaluate(run.model, run.dataset, run.loss_fn, device, run.autocast)
+                if metrics:
+                    _update_best(best, metrics, step)
+                    loggers.log({"step": step, **metrics})
+            if target_reached:
+                stopped = "target_train_loss"
+                break
+            if preemption.received is not None:
+                save_checkpoint(step)
+                loggers.close()
+                preemption.hand_over()
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < run.total_steps:
+                last_checkpoint = save_checkpoint(step)
     progress.close()
     if cfg.checkpoint.at_end:
         save_checkpoint(step)
-    extra = final_metrics(model, dataset, device)
+    extra = final_metrics(run.model, run.dataset, device)
     if extra:
         best.setdefault("last", {}).update(extra)
         loggers.log({"step": step, **extra})
-
-    # -- summary -----------------------------------------------------------------------------------
-    summary = {
-        "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": cfg.optimizer._target_,
-        "choices": dict(cfg.get("choices") or {}), "experiment": cfg.get("experiment_name"), "seed": cfg.seed,
-        "steps": step, "total_steps": total_steps, "stopped": stopped,
-        "final": {"train/loss": last_loss, **best.get("last", {})},
-        "best": {k: v for k, v in best.items() if k != "last"},
-        "ms_per_step": 1000.0 * train_time / max(timed_steps, 1), "peak_memory_mb": peak_memory_mb(device),
-        "seed_of_data": cfg.dataset.get("seed", cfg.seed), **environment(device),
-    }
-    if is_main:
+    summary = make_summary(cfg, run, best, step, stopped, last_loss, train_time / max(step - start_step, 1), device)
+    if ranks.active:
+        summary.update(world_size=ranks.world_size, ranks_agree=ranks.parameters_agree(run.model))
+    if ranks.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     loggers.close(summary)
+    ranks.close()
     return summary
+
+
+class RunParts:
+    """Everything a run trains with, built from the config."""
+
+
+def build_run(cfg, device):
+    """Dataset, model, optimizer (through the protocol), schedule, loss and regularizer."""
+    run, trainer = RunParts(), cfg.trainer
+    run.dataset = build_dataset(cfg.dataset, DataPaths.from_config(cfg.data), cfg.seed)
+    run.model = build_model(cfg.model, run.dataset.info).to(device)
+    run.total_steps = total_steps_of(trainer, run.dataset)
+    run.sample_generator = torch.Generator().manual_seed(cfg.seed + 104_729)
+
+    def sample_batch(batch_size):
+        inputs, targets = run.dataset.sample_batch(batch_size, run.sample_generator)
+        return to_device(inputs, device), to_device(targets, device)
+
+    run.optimizer = build_optimizer(cfg.optimizer, run.model, run.dataset.loss, sample_batch)
+    run.schedule = Schedule(cfg.schedule, run.total_steps, run.dataset.steps_per_epoch)
+    run.schedule.attach(run.optimizer)
+    run.loss_fn = loss_function(run.dataset.loss)
+    run.regularizer = l2_regularizer(trainer.l2, trainer.l2_randomized, trainer.l2_exclude_norm_and_bias)
+    run.autocast = autocast_for(trainer.precision, device)
+    run.forward_model = torch.compile(run.model) if trainer.compile else run.model
+    run.device = device
+    if trainer.ddp_sync not in ("broadcast", "none"):
+        raise ConfigError(f"trainer.ddp_sync={trainer.ddp_sync!r} is invalid; choose 'broadcast' or 'none'")
+    return run
+
+
+def resume(cfg, run, checkpoints):
+    """Load the newest readable checkpoint of the run directory; returns (step, best, its path)."""
+    if not cfg.checkpoint.resume:
+        return 0, {}, None
+    payload, path = checkpoints.load_latest()
+    if payload is None:
+        return 0, {}, None
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.sample_generator.set_state(payload["sample_generator"])
+    set_rng_state(payload["rng"])
+    print(f"resumed from {path} at step {payload['step']}")
+    return payload["step"], payload["best"], path
+
+
+def train_step(run, step, ranks, trainer):
+    """One optimizer step on this rank's shard of the step's batch; returns the shard's data loss."""
+    run.schedule.apply(run.optimizer, step)
+    run.model.train()
+    inputs, targets = ranks.shard(to_device(run.dataset.train_batch(step), run.device))
+    closure = LossClosure(run.forward_model, inputs, targets, run.loss_fn, run.regularizer, trainer.grad_clip,
+                          run.autocast, after_backward=ranks.average_gradients if ranks.active else None)
+    closure.model = run.model
+    run.optimizer.step(closure)
+    if ranks.active and trainer.ddp_sync == "broadcast":
+        ranks.broadcast_training_state(run.model, run.optimizer)
+    return float(closure.data_loss)
+
+
+def make_summary(cfg, run, best, step, stopped, last_loss, seconds_per_step, device):
+    return {
+        "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": cfg.optimizer._target_,
+        "choices": dict(cfg.get("choices") or {}), "experiment": cfg.get("experiment_name"), "seed": cfg.seed,
+        "steps": step, "total_steps": run.total_steps, "stopped": stopped,
+        "final": {"train/loss": last_loss, **best.get("last", {})},
+        "best": {k: v for k, v in best.items() if k != "last"},
+        "ms_per_step": 1000.0 * seconds_per_step, "peak_memory_mb": peak_memory_mb(device),
+        **environment(device),
+    }
 
 
 def _update_best(best, metrics, step):

@@ -49,13 +49,14 @@ def loss_function(kind):
 class LossClosure:
     """The closure of one training step (see the module docstring).
 
-    `regularizer(model)`, when given, is added to the loss (coupled L2 weight decay, possibly randomised).
+    `regularizer(model)`, when given, is added to the loss (coupled L2 weight decay, possibly randomised);
+    `after_backward(model)`, when given, runs right after `loss.backward()` (gradient averaging over ranks).
     """
 
-    def __init__(self, model, inputs, targets, loss_fn, regularizer=None, grad_clip=None, autocast=None):
+    def __init__(self, model, inputs, targets, loss_fn, regularizer=None, grad_clip=None, autocast=None, after_backward=None):
         self.model, self.inputs, self.targets = model, inputs, targets
         self.loss_fn, self.regularizer, self.grad_clip = loss_fn, regularizer, grad_clip
-        self.autocast = autocast
+        self.autocast, self.after_backward = autocast, after_backward
         self.rng_state = torch.random.get_rng_state()
         self.cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self.data_loss = None  # the loss without the regularizer, from the first call
@@ -77,6 +78,8 @@ class LossClosure:
             self.data_loss = data_loss.detach()
         if backward:
             loss.backward()
+            if self.after_backward is not None:  # data parallel: average the gradients over ranks
+                self.after_backward(self.model)
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         return loss

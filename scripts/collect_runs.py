@@ -1,0 +1,38 @@
+"""Copy each finished run's summary.json and resolved config.yaml into results/runs/<experiment>/<run>/,
+which is all `make tables` reads.
+
+    python -m scripts.collect_runs outputs/sweeps/psgd_table8 [more run roots...] [--dest results/runs]
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+
+def collect(roots, destination):
+    copied = []
+    for root in roots:
+        for summary_path in sorted(Path(root).rglob("summary.json")):
+            run_dir = summary_path.parent
+            summary = json.loads(summary_path.read_text())
+            target = Path(destination) / (summary.get("experiment") or "unnamed") / run_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(summary_path, target / "summary.json")
+            if (run_dir / "config.yaml").is_file():
+                shutil.copyfile(run_dir / "config.yaml", target / "config.yaml")
+            copied.append(target)
+    return copied
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+")
+    parser.add_argument("--dest", default="results/runs")
+    args = parser.parse_args(argv)
+    copied = collect(args.roots, args.dest)
+    print(f"copied {len(copied)} run summaries into {args.dest}")
+
+
+if __name__ == "__main__":
+    main()
