@@ -1,0 +1,60 @@
+"""Figures with matplotlib (Agg): ours vs the paper for success-rate tables, and training curves from metrics.jsonl."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from .build import NO_RUNS  # noqa: E402
+
+
+def success_rate_figure(path, spec, frame):
+    """Grouped bars per cell with runs: our success rate and the paper's. Returns False when no cell has runs."""
+    rows = frame[frame["ours (mean ± std)"] != NO_RUNS]
+    if rows.empty:
+        return False
+    labels = [f"{row} {column}" for row, column in zip(rows.iloc[:, 0], rows["column"])]
+    ours = [float(text.split(" ")[0]) for text in rows["ours (mean ± std)"]]
+    paper = [_number(text) for text in rows["paper"]]
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * len(labels) + 2), 3.5))
+    positions = range(len(labels))
+    axes.bar([p - 0.2 for p in positions], ours, width=0.4, label="ours")
+    axes.bar([p + 0.2 for p in positions], paper, width=0.4, label="paper")
+    axes.set_xticks(list(positions), labels, rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("success rate")
+    axes.set_title(spec.title, fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _number(text):
+    try:
+        return float(text.split(" ")[0])
+    except ValueError:
+        return float("nan")  # "? (unknown)": no bar
+
+
+def curves_figure(path, run_dirs):
+    """train/loss (left) and val/accuracy (right, when logged) against step, one line per run directory."""
+    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for run_dir in map(Path, run_dirs):
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        label = f"{(summary.get('choices') or {}).get('optimizer', run_dir.name)} s{summary.get('seed', '?')}"
+        for axes, key in ((loss_axes, "train/loss"), (acc_axes, "val/accuracy")):
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                axes.plot(*zip(*points), marker=".", label=label)
+    loss_axes.set(xlabel="step", ylabel="train/loss", yscale="log")
+    acc_axes.set(xlabel="step", ylabel="val/accuracy")
+    loss_axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
