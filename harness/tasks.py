@@ -19,6 +19,7 @@ def register_task(name):
 
 def run_task(cfg, run_dir):
     from harness import loop  # noqa: F401  (registers "supervised")
+    from harness.rl import task  # noqa: F401  (registers "ppo")
 
     name = cfg.task.name
     if name not in TASKS:

@@ -1,6 +1,9 @@
 """Dataset registry. Importing this package registers every dataset."""
 
 from harness.data import synthetic, vision  # noqa: F401  (registration side effects)
+from harness.data import text  # noqa: F401,E402  (registration: language modelling)
+from harness.data import iwslt  # noqa: F401,E402  (registration: IWSLT14 translation)
+from harness.data import cifar_variants, imagenet  # noqa: F401,E402  (registration: CIFAR variants, ImageNet)
 from harness.data.base import LOSS_KINDS, ArrayDataset, Dataset, to_device
 from harness.data.files import DataPaths
 from harness.errors import ConfigError

@@ -12,6 +12,7 @@ second-order optimizers (PSGD) the graph they need for Hessian-vector products.
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -20,64 +21,64 @@ from harness.protocol import LossClosure, loss_function
 
 class RunningMeanStd:
     """Running mean and variance of a stream of vectors (Chan et al.'s parallel update, as OpenAI baselines'
-    `RunningMeanStd` behind `VecNormalize`). float64, on the CPU."""
+    `RunningMeanStd` behind `VecNormalize`). float64 numpy arrays: the rollout calls it every step."""
 
     def __init__(self, shape=(), epsilon=1e-4):
-        self.mean = torch.zeros(shape, dtype=torch.float64)
-        self.var = torch.ones(shape, dtype=torch.float64)
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
         self.count = epsilon  # baselines' prior count: the first batch sets the statistics almost alone
 
     def update(self, batch):
-        batch = torch.as_tensor(batch, dtype=torch.float64).reshape(-1, *self.mean.shape)
-        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0, unbiased=False), batch.shape[0]
+        batch = np.asarray(batch, dtype=np.float64).reshape(-1, *self.mean.shape)
+        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
         delta, total = batch_mean - self.mean, self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta.pow(2) * self.count * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + np.square(delta) * self.count * batch_count / total
         self.var, self.count = m2 / total, total
 
     def state_dict(self):
-        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": float(self.count)}
+        return {"mean": torch.tensor(np.asarray(self.mean)), "var": torch.tensor(np.asarray(self.var)), "count": float(self.count)}
 
     def load_state_dict(self, state):
-        self.mean, self.var, self.count = state["mean"].clone(), state["var"].clone(), state["count"]
+        self.mean, self.var, self.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), state["count"]  # 0-d arrays for scalars
 
 
 class Normalizer:
     """Observation and reward normalisation as baselines' `VecNormalize` (used by its PPO on MuJoCo):
     observations are standardised by their running statistics and clipped to ±clip; rewards are divided by
-    the running standard deviation of the discounted return and clipped to ±clip (their mean is not removed)."""
+    the running standard deviation of the discounted return and clipped to ±clip (their mean is not removed).
+    Takes numpy arrays, one row per environment; returns float32 tensors."""
 
     def __init__(self, obs_shape, num_envs, gamma, normalize_obs=True, normalize_reward=True, clip=10.0, epsilon=1e-8):
         self.obs_rms, self.ret_rms = RunningMeanStd(obs_shape), RunningMeanStd(())
-        self.returns = torch.zeros(num_envs, dtype=torch.float64)  # discounted return so far, per environment
+        self.returns = np.zeros(num_envs)  # discounted return so far, per environment
         self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
         self.normalize_obs, self.normalize_reward = normalize_obs, normalize_reward
 
     def observation(self, obs, update=True):
-        obs = torch.as_tensor(obs, dtype=torch.float64)
-        if not self.normalize_obs:
-            return obs.float()
-        if update:
-            self.obs_rms.update(obs)
-        return ((obs - self.obs_rms.mean) / torch.sqrt(self.obs_rms.var + self.epsilon)).clamp(-self.clip, self.clip).float()
+        obs = np.asarray(obs, dtype=np.float64)
+        if self.normalize_obs:
+            if update:
+                self.obs_rms.update(obs)
+            obs = np.clip((obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon), -self.clip, self.clip)
+        return torch.from_numpy(obs.astype(np.float32))
 
     def reward(self, reward, done):
-        reward = torch.as_tensor(reward, dtype=torch.float64)
-        if not self.normalize_reward:
-            return reward.float()
-        self.returns = self.returns * self.gamma + reward
-        self.ret_rms.update(self.returns)
-        scaled = (reward / torch.sqrt(self.ret_rms.var + self.epsilon)).clamp(-self.clip, self.clip)
-        self.returns = self.returns * (1.0 - torch.as_tensor(done, dtype=torch.float64))
-        return scaled.float()
+        reward = np.asarray(reward, dtype=np.float64)
+        if self.normalize_reward:
+            self.returns = self.returns * self.gamma + reward
+            self.ret_rms.update(self.returns)
+            reward = np.clip(reward / np.sqrt(self.ret_rms.var + self.epsilon), -self.clip, self.clip)
+            self.returns = self.returns * (1.0 - np.asarray(done, dtype=np.float64))
+        return torch.from_numpy(reward.astype(np.float32))
 
     def state_dict(self):
-        return {"obs_rms": self.obs_rms.state_dict(), "ret_rms": self.ret_rms.state_dict(), "returns": self.returns.clone()}
+        return {"obs_rms": self.obs_rms.state_dict(), "ret_rms": self.ret_rms.state_dict(), "returns": torch.from_numpy(self.returns.copy())}
 
     def load_state_dict(self, state):
         self.obs_rms.load_state_dict(state["obs_rms"])
         self.ret_rms.load_state_dict(state["ret_rms"])
-        self.returns = state["returns"].clone()
+        self.returns = state["returns"].numpy().copy()
 
 
 def mlp(sizes, output_gain):
@@ -104,7 +105,7 @@ class GaussianActor(nn.Module):
 
     def distribution(self, obs):
         mean = self.mean(obs)
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
 
     def forward(self, obs):
         return self.mean(obs)

@@ -9,6 +9,9 @@ from harness.rl.ppo import Normalizer
 
 
 class Collector:
+    """Steps `envs` in turn with the actor's sampled actions; keeps the normaliser, the current observations
+    and the running episode returns, all of which a checkpoint saves (`state_dict`)."""
+
     def __init__(self, envs, first_obs, gamma, lam, device, normalize_obs=True, normalize_reward=True, clip=10.0, bootstrap_truncated=False):
         self.envs, self.gamma, self.lam, self.device = envs, gamma, lam, device
         self.bootstrap_truncated = bootstrap_truncated

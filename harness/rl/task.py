@@ -16,10 +16,10 @@ from collections import deque
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from harness.checkpoint import CheckpointManager, rng_state, set_rng_state
-from harness.errors import ConfigError
+from harness.errors import ConfigError, NonFiniteLossError
 from harness.loggers import Loggers
 from harness.loop import configure_determinism, resolve_device
 from harness.preemption import PreemptionGuard
@@ -49,10 +49,12 @@ class Agent:
                                    task.normalize_reward, task.clip_normalized, task.bootstrap_truncated)
         self.buffer = RolloutBuffer(task.rollout_steps, task.num_envs, obs_dim, act_dim)
         self.buffer_device(device)
-        critic_cfg = task.critic_optimizer if task.critic_optimizer is not None else cfg.optimizer
+        critic_choice = task.critic_optimizer if task.critic_optimizer is not None else cfg.optimizer
+        self.actor_cfg = actor_cfg = with_overrides(cfg.optimizer, task.optimizer_overrides, "actor")
+        self.critic_cfg = critic_cfg = with_overrides(critic_choice, task.optimizer_overrides, "critic")
         # The actor's model is the surrogate module (its output is the per-sample loss: loss kind "objective");
         # the critic regresses the returns (loss kind "mse"), so Gauss-Newton methods see its output curvature.
-        self.actor_optimizer = build_optimizer(cfg.optimizer, self.surrogate, "objective", self.sample_batch(actor=True))
+        self.actor_optimizer = build_optimizer(actor_cfg, self.surrogate, "objective", self.sample_batch(actor=True))
         self.critic_optimizer = build_optimizer(critic_cfg, self.critic, "mse", self.sample_batch(actor=False))
         self.steps_per_rollout = task.rollout_steps * task.num_envs
         self.total_rollouts = math.ceil(task.total_timesteps / self.steps_per_rollout)
@@ -104,6 +106,20 @@ class Agent:
             env.close()
 
 
+def with_overrides(optimizer_cfg, overrides, who):
+    """A copy of an optimizer config with `task.optimizer_overrides` applied to the keys it has (null: skipped),
+    so PPO's Adam step size applies to every optimizer of a comparison without adding keys that another
+    optimizer's constructor does not take. Says so when it replaces a value (`optimizer.lr=...` loses)."""
+    optimizer_cfg = OmegaConf.create(OmegaConf.to_container(optimizer_cfg, resolve=True))
+    for key, value in (overrides or {}).items():
+        if value is not None and key in optimizer_cfg:
+            if optimizer_cfg[key] != value:
+                print(f"{who} optimizer: {key}={value} from task.optimizer_overrides (its config says {optimizer_cfg[key]}; "
+                      f"task.optimizer_overrides.{key}=null keeps it)")
+            optimizer_cfg[key] = value
+    return optimizer_cfg
+
+
 def resume(cfg, agent, checkpoints):
     """Load the newest readable checkpoint; returns (rollout, recent returns, best) to continue from."""
     if not cfg.checkpoint.resume:
@@ -125,6 +141,7 @@ def run_ppo(cfg, run_dir):
     configure_determinism(cfg.trainer)
     device = resolve_device(cfg.trainer.device)
     agent = Agent(cfg, device)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
     rollout, recent, best = resume(cfg, agent, checkpoints)
     start_rollout = rollout
@@ -143,6 +160,7 @@ def run_ppo(cfg, run_dir):
             stats = train_rollout(agent, rollout, task, recent)
             train_time += time.perf_counter() - started
             rollout += 1
+            check_finite(stats, checkpoints)
             for record in stats.pop("episodes"):
                 loggers.log(record)
             loggers.log(stats)
@@ -185,6 +203,15 @@ def train_rollout(agent, rollout, task, recent):
     return stats
 
 
+def check_finite(stats, checkpoints):
+    if not all(math.isfinite(stats[key]) for key in ("train/actor_loss", "train/value_loss")):
+        newest = checkpoints.paths()
+        raise NonFiniteLossError(
+            f"a PPO loss is not finite at {stats['step']} environment steps (actor {stats['train/actor_loss']}, critic "
+            f"{stats['train/value_loss']}); training stopped. Last good checkpoint: {newest[0] if newest else 'none written yet'}. "
+            "Lower the learning rate or set task.max_grad_norm.")
+
+
 def update_best(best, value, step):
     previous = best.get("train/episode_return_smoothed")
     if previous is None or value > previous["value"]:
@@ -197,10 +224,10 @@ def make_summary(cfg, agent, rollout, stats, recent, best, seconds_per_step, dev
     final = {key: value for key, value in stats.items() if key.startswith("train/")}
     if recent:
         final["train/episode_return_smoothed"] = sum(recent) / len(recent)
-    critic = task.critic_optimizer if task.critic_optimizer is not None else cfg.optimizer
     return {
         "model": f"ppo_mlp{'x'.join(str(h) for h in task.hidden)}", "dataset": task.env_id, "optimizer": cfg.optimizer._target_,
-        "critic_optimizer": critic._target_, "task": "ppo", "choices": dict(cfg.get("choices") or {}),
+        "critic_optimizer": agent.critic_cfg._target_, "task": "ppo", "choices": dict(cfg.get("choices") or {}),
+        "optimizer_configs": {"actor": OmegaConf.to_container(agent.actor_cfg), "critic": OmegaConf.to_container(agent.critic_cfg)},
         "experiment": cfg.get("experiment_name"), "seed": cfg.seed, "steps": agent.collector.timesteps,
         "total_steps": agent.total_rollouts * agent.steps_per_rollout, "rollouts": rollout, "stopped": "max_steps",
         "final": final, "best": best, "ms_per_step": 1000.0 * seconds_per_step, "peak_memory_mb": peak_memory_mb(device),

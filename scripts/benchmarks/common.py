@@ -157,13 +157,18 @@ def time_per_step(step, steps, warmup, device):
 
 
 def state_bytes(optimizer):
-    """Bytes held in tensors of the optimizer's state."""
-    total = 0
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-    return total
+    """Bytes held in tensors of the optimizer's state (also inside lists, tuples and dicts of it)."""
+    return sum(_tensor_bytes(state) for state in optimizer.state.values())
+
+
+def _tensor_bytes(value):
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def param_bytes(model):

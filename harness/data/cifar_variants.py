@@ -1,0 +1,145 @@
+"""CIFAR variants of the PSGD paper's Table 3 (psgd_notes.md §6.3) and the LLQR code's long-tailed CIFAR.
+
+All read the CIFAR pickle batches as `harness.data.vision` does and use the standard augmentation (random crop
+with padding 4, horizontal flip, normalisation); the test split is always the standard, clean one.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.data.base import ArrayDataset
+from harness.data.vision import CIFAR_MEAN, CIFAR_STD, _normalized, locate_cifar, random_crop_flip, read_cifar_folder
+from harness.registry import register_dataset
+
+
+def _check_classes(classes):
+    if classes not in (10, 100):
+        raise ValueError(f"dataset.classes={classes} is invalid; choose 10 or 100")
+
+
+def _build(train, test, classes, batch_size, seed, augment, cutout, cls=ArrayDataset, **extra):
+    train = (_normalized(train[0], CIFAR_MEAN, CIFAR_STD), train[1])
+    test = (_normalized(test[0], CIFAR_MEAN, CIFAR_STD), test[1])
+    data = cls(train, test, batch_size, seed, augment=random_crop_flip(cutout=cutout) if augment else None, **extra)
+    data.info = {"num_classes": classes, "in_channels": 3, "image_size": 32}
+    return data
+
+
+def class_imbalance_indices(labels, classes, num_reduced=5, factor=0.1, seed=0):
+    """`create_class_imb_cifar10`: `num_reduced` classes drawn with np.random.choice after seeding with `seed`, each cut
+    to int(factor · smallest class count) samples (the first ones in dataset order: our choice; 500 on CIFAR-10)."""
+    reduced = np.random.RandomState(seed).choice(classes, num_reduced, replace=False)
+    keep_count = int(factor * int(torch.bincount(labels, minlength=classes).min()))
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    for c in reduced.tolist():
+        members = torch.nonzero(labels == c).flatten()
+        keep[members[keep_count:]] = False
+    return torch.nonzero(keep).flatten(), sorted(reduced.tolist())
+
+
+def instance_noisy_labels(images_hwc_uint8, labels, noise_rate=0.6, classes=10, noise_seed=0):
+    """`noisify_instance` of the reference code: with NumPy's global RNG seeded at `noise_seed` (0 in the reference),
+    draw flip rates q_i ~ N(noise_rate, 0.1) kept in (0, 1) (the first len(labels) of 10⁶ draws), W ~ N(0, 1) of shape
+    (3072, classes); each sample keeps its label with probability 1 − q_i, else goes to class j ≠ y with probability
+    q_i·softmax(x_i W)_j, x_i its raw HWC uint8 pixels. Returns the noisy labels (a LongTensor)."""
+    rng = np.random.RandomState(noise_seed)
+    draws = rng.normal(loc=noise_rate, scale=0.1, size=1_000_000)
+    q = draws[(draws > 0) & (draws < 1)][: len(labels)]
+    if len(q) < len(labels):
+        raise ValueError(f"noise_rate={noise_rate} leaves too few flip rates in (0, 1) for {len(labels)} samples")
+    w = rng.normal(loc=0, scale=1, size=(images_hwc_uint8[0].size, classes))
+    logits = torch.from_numpy(images_hwc_uint8.reshape(len(labels), -1).astype(np.float64) @ w)
+    y = labels.numpy()
+    logits[torch.arange(len(y)), torch.from_numpy(y)] = -1_000_000.0
+    probabilities = q[:, None] * torch.softmax(logits, dim=1).numpy()
+    probabilities[np.arange(len(y)), y] = 1.0 - q
+    noisy = [rng.choice(np.arange(classes), p=p / p.sum()) for p in probabilities]
+    return torch.tensor(noisy, dtype=torch.long)
+
+
+def long_tailed_counts(per_class_max, classes, imbalance_ratio=100.0):
+    """The LLQR code's exponential profile: class i keeps round(max · (1/ratio)^(i/(K−1))) samples, at least 1."""
+    return [max(1, int(round(per_class_max * (1.0 / imbalance_ratio) ** (i / (classes - 1))))) for i in range(classes)]
+
+
+def long_tailed_indices(labels, classes, imbalance_ratio=100.0, lt_seed=42):
+    """Per class, a seeded shuffle (seed lt_seed + class, as the LLQR code seeds its per-class shuffles; the TF
+    shuffle itself is not reproduced) and the first count samples."""
+    counts = long_tailed_counts(len(labels) // classes, classes, imbalance_ratio)
+    chosen = []
+    for c, count in enumerate(counts):
+        members = torch.nonzero(labels == c).flatten()
+        order = torch.from_numpy(np.random.RandomState(lt_seed + c).permutation(len(members)))
+        chosen.append(members[order[:count]])
+    return torch.cat(chosen).sort().values, counts
+
+
+def blur(images, low=8):
+    """The blur deficit (Achille et al. 2017): down-sample to low×low and back up, both bilinear (antialiased down)."""
+    size = images.shape[-1]
+    small = F.interpolate(images, size=(low, low), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class BlurDeficitDataset(ArrayDataset):
+    """Training images are blurred during the first `blur_epochs` epochs, clean afterwards; the test set is clean."""
+
+    def __init__(self, *args, blur_epochs=100, blur_size=8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blur_steps, self.blur_size, self._blurring = blur_epochs * self.steps_per_epoch, blur_size, True
+
+    def train_batch(self, step):
+        self._blurring = step < self.blur_steps  # sample_batch follows the phase of the last training step
+        return super().train_batch(step)
+
+    def _transformed(self, index, generator):
+        inputs, targets = self.train_x[index], self.train_y[index]
+        if self._blurring:
+            inputs = blur(inputs, self.blur_size)
+        if self.augment is not None:
+            inputs = self.augment(inputs, generator)
+        return inputs, targets
+
+
+@register_dataset("cifar_class_imbalance")
+def cifar_class_imbalance(paths, batch_size=128, seed=0, classes=10, num_reduced=5, factor=0.1, augment=True, cutout=0):
+    """PSGD Table 3 "Class Imbalance": 5 random classes (seeded by the run seed) cut to a tenth."""
+    _check_classes(classes)
+    (train_x, train_y), test = read_cifar_folder(locate_cifar(paths, classes), classes)
+    keep, reduced = class_imbalance_indices(train_y, classes, num_reduced, factor, seed)
+    data = _build((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
+    data.reduced_classes = reduced
+    return data
+
+
+@register_dataset("cifar_noisy_labels")
+def cifar_noisy_labels(paths, batch_size=128, seed=0, classes=10, noise_rate=0.6, noise_seed=0, augment=True, cutout=0):
+    """PSGD Table 3 "Noisy labels": instance-dependent label noise at `noise_rate` (reference `noisify_instance`)."""
+    _check_classes(classes)
+    (train_x, train_y), test = read_cifar_folder(locate_cifar(paths, classes), classes)
+    pixels = (train_x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as the reference
+    noisy = instance_noisy_labels(pixels, train_y, noise_rate, classes, noise_seed)
+    data = _build((train_x, noisy), test, classes, batch_size, seed, augment, cutout)
+    data.clean_labels, data.actual_noise_rate = train_y, float((noisy != train_y).float().mean())
+    return data
+
+
+@register_dataset("cifar_blur_deficit")
+def cifar_blur_deficit(paths, batch_size=128, seed=0, classes=10, blur_epochs=100, blur_size=8, augment=True, cutout=0):
+    """PSGD Table 3 "Blur deficit": images down-sampled to 8×8 and back for the first `blur_epochs` epochs."""
+    _check_classes(classes)
+    train, test = read_cifar_folder(locate_cifar(paths, classes), classes)
+    return _build(train, test, classes, batch_size, seed, augment, cutout, cls=BlurDeficitDataset,
+                  blur_epochs=blur_epochs, blur_size=blur_size)
+
+
+@register_dataset("cifar_long_tailed")
+def cifar_long_tailed(paths, batch_size=128, seed=0, classes=10, imbalance_ratio=100.0, lt_seed=42, augment=True, cutout=0):
+    """The LLQR code's CIFAR-10/100-LT: an exponential profile from 5000 (500) down to 50 (5) per class at ratio 100."""
+    _check_classes(classes)
+    (train_x, train_y), test = read_cifar_folder(locate_cifar(paths, classes), classes)
+    keep, counts = long_tailed_indices(train_y, classes, imbalance_ratio, lt_seed)
+    data = _build((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
+    data.class_counts = counts
+    return data

@@ -1,0 +1,156 @@
+"""The matrix-free LQR objective and the structures' pull-backs (llqr_spec.md §4.2, §4.3), float64.
+
+Independent references: the curvature matrix formed densely (autograd Jacobians / double-backward Hessian),
+finite differences through BatchNorm (issue 5 §4), and autograd through each structure's apply.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import hessian, jacobian
+from torch.func import functional_call
+
+from llqr.objective import LQRObjective, mean_loss
+from llqr.structures import STRUCTURES, make_structure
+
+
+def _mlp(act=nn.Tanh):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), act(), nn.Linear(5, 3)).double()
+
+
+def _bn_cnn():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(3 * 4 * 4, 3)).double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.normal_()
+    return model
+
+
+def _flat_fn(model):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def unflatten(theta):
+        out, k = {}, 0
+        for n, s in zip(names, shapes):
+            out[n] = theta[k:k + s.numel()].view(s)
+            k += s.numel()
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        return {**buffers, **out}
+
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return theta0, lambda theta, x: functional_call(model, unflatten(theta), (x,))
+
+
+def _dense_metric(model, loss, x, y, divergence):
+    """M formed explicitly: Jᵀ H_out J (GGN of the mean loss, × #terms for ngd) or the Hessian."""
+    theta0, f = _flat_fn(model)
+    if divergence == "newton":
+        return hessian(lambda t: mean_loss(loss, f(t, x), y), theta0)  # double backward
+    out = f(theta0, x).detach()
+    jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
+    h_out = hessian(lambda o: mean_loss(loss, o.view_as(out), y), out.reshape(-1))
+    n = out.reshape(-1, out.shape[-1]).shape[0] if loss == "cross_entropy" else out.shape[0]
+    m = jac.T @ h_out @ jac
+    return m * n if divergence == "ngd" else m
+
+
+def _flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("divergence", ["ngd", "gauss_newton", "newton"])
+def test_grad_u_equals_dense(loss, divergence):
+    model = _mlp(nn.Tanh if loss == "cross_entropy" else nn.ReLU)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,)) if loss == "cross_entropy" else torch.randn(6, 3, dtype=torch.float64)
+    params = list(model.parameters())
+    obj = LQRObjective(model, params, loss, x, y, divergence, damping=0.3)
+    u = [torch.randn_like(p) for p in params]
+    m = _dense_metric(model, loss, x, y, divergence)
+    g = _flat(obj.g)
+    want = g + (m + 0.3 * torch.eye(len(g), dtype=m.dtype)) @ _flat(u)
+    assert _rel(_flat(obj.grad_u(u)), want) < 1e-12
+    j_want = g @ _flat(u) + 0.5 * _flat(u) @ (m + 0.3 * torch.eye(len(g), dtype=m.dtype)) @ _flat(u)
+    assert abs(float(obj.value(u)) - float(j_want)) < 1e-12 * abs(float(j_want))
+    model.zero_grad()
+    mean_loss(loss, model(x), y).backward()
+    assert _rel(g, _flat([p.grad for p in params])) < 1e-13
+
+
+@pytest.mark.parametrize("divergence", ["gauss_newton", "newton"])
+def test_batchnorm_products_match_finite_differences(divergence):
+    """Every curvature path through training-mode BatchNorm against central differences (issue 5 §4)."""
+    model = _bn_cnn().train()
+    x, y = torch.randn(5, 2, 4, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    running = model[1].running_mean.clone()
+    params = list(model.parameters())
+    obj = LQRObjective(model, params, "cross_entropy", x, y, divergence)
+    u = [torch.randn_like(p) for p in params]
+    mu = _flat(obj.metric_product(u))
+    theta0, f = _flat_fn(model)
+    eps, du = 1e-5, _flat(u)
+    if divergence == "newton":  # H u ≈ (∇L(θ+εu) − ∇L(θ−εu)) / 2ε
+        grad = lambda t: torch.autograd.functional.jacobian(lambda s: mean_loss("cross_entropy", f(s, x), y), t)
+        fd = (grad(theta0 + eps * du) - grad(theta0 - eps * du)) / (2 * eps)
+    else:  # Jᵀ H_out (J u) with J u by central differences and Jᵀ by reverse mode
+        out = f(theta0, x)
+        ju = (f(theta0 + eps * du, x) - f(theta0 - eps * du, x)) / (2 * eps)
+        h = hessian(lambda o: mean_loss("cross_entropy", o.view_as(out), y), out.detach().reshape(-1))
+        _, vjp = torch.autograd.functional.vjp(lambda t: f(t, x), theta0, (h @ ju.reshape(-1)).view_as(out))
+        fd = vjp
+    assert _rel(mu, fd) < 1e-7
+    assert torch.equal(model[1].running_mean, running)  # refit products leave running stats alone
+
+
+def test_dropout_masks_fixed_within_objective():
+    """With dropout, M stays one symmetric matrix: vᵀ(Mu) = uᵀ(Mv) (a new mask per forward would break it)."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 3)).double().train()
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    params = list(model.parameters())
+    obj = LQRObjective(model, params, "cross_entropy", x, y, "gauss_newton")
+    u, v = [torch.randn_like(p) for p in params], [torch.randn_like(p) for p in params]
+    a, b = _flat(v) @ _flat(obj.metric_product(u)), _flat(u) @ _flat(obj.metric_product(v))
+    assert abs(float(a - b)) < 1e-12 * abs(float(a))
+
+
+SHAPES = [torch.Size([3, 2, 2, 2]), torch.Size([3])]
+
+
+@pytest.mark.parametrize("kind", STRUCTURES)
+@pytest.mark.parametrize("max_factor_dim", [4096, 2])
+def test_pullback_equals_autograd(kind, max_factor_dim):
+    """(∂u/∂φ)ᵀΓ from each structure equals autograd of J(u(φ)) for a dense quadratic J."""
+    torch.manual_seed(3)
+    s = make_structure(kind, ["weight", "bias"], SHAPES, max_factor_dim)
+    factors = {k: v + 0.3 * torch.randn_like(v) for k, v in s.identity("cpu", torch.float64).items()}
+    d = [torch.randn(sh, dtype=torch.float64) for sh in SHAPES]
+    n = sum(sh.numel() for sh in SHAPES)
+    a = torch.randn(n, n, dtype=torch.float64)
+    a, g = a @ a.T, torch.randn(n, dtype=torch.float64)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in factors.items()}
+    u = _flat(s.apply(leaves, d))
+    j = g @ u + 0.5 * u @ a @ u
+    auto = torch.autograd.grad(j, list(leaves.values()))
+    gamma = (g + a @ u).detach()
+    parts = [gamma[:SHAPES[0].numel()].view(SHAPES[0]), gamma[SHAPES[0].numel():]]
+    mine = s.pullback(factors, d, parts)
+    assert set(mine) == set(leaves)
+    for key, want in zip(leaves, auto):
+        assert _rel(mine[key], want) < 1e-13, key
+
+
+@pytest.mark.parametrize("kind", STRUCTURES)
+def test_identity_init(kind):
+    s = make_structure(kind, ["weight", "bias"], SHAPES)
+    d = [torch.randn(sh, dtype=torch.float64) for sh in SHAPES]
+    for got, want in zip(s.apply(s.identity("cpu", torch.float64), d), d):
+        assert torch.allclose(got, want, rtol=0, atol=1e-15)
