@@ -27,6 +27,8 @@ every structure [C]. A weight with a side longer than ``max_factor_dim`` is prec
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 STRUCTURES = ("diagonal", "scalar", "kfac", "e-kfac", "dense")
@@ -48,7 +50,7 @@ def _split(flat: torch.Tensor, like) -> list[torch.Tensor]:
     return out
 
 
-class BlockStructure:
+class BlockStructure(abc.ABC):
     """The preconditioner of one block: identity init, apply (U·d) and pull-back ((∂u/∂φ)ᵀ Γ)."""
 
     kind = ""
@@ -57,14 +59,17 @@ class BlockStructure:
     def __init__(self, names: list[str], shapes: list[torch.Size]):
         self.names, self.shapes = list(names), [torch.Size(s) for s in shapes]
 
+    @abc.abstractmethod
     def identity(self, device, dtype) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Implemented by each structure."""
 
+    @abc.abstractmethod
     def apply(self, factors: dict, vecs: list[torch.Tensor]) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Implemented by each structure."""
 
+    @abc.abstractmethod
     def pullback(self, factors: dict, vecs: list[torch.Tensor], cotangents: list[torch.Tensor]) -> dict:
-        raise NotImplementedError
+        """Implemented by each structure."""
 
     def describe(self) -> str:
         return self.kind
