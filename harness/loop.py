@@ -97,7 +97,11 @@ def train(cfg, run_dir):
         while step < run.total_steps:
             started = time.perf_counter()
             last_loss = ranks.mean(train_step(run, step, ranks, trainer))
-            if not math.isfinite(last_loss):
+            if not math.isfinite(last_loss):  # record the divergence (a success-rate table counts it) and stop
+                summary = make_summary(cfg, run, best, step, "non_finite_loss", last_loss,
+                                       train_time / max(step - start_step, 1), device)
+                if ranks.is_main:
+                    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
                 raise NonFiniteLossError(
                     f"the loss is {last_loss} at step {step}; training stopped. Last good checkpoint: "
                     f"{last_checkpoint or 'none written yet'}. Lower the learning rate or set trainer.grad_clip.")
@@ -111,7 +115,7 @@ def train(cfg, run_dir):
                 progress.set_postfix(loss=f"{last_loss:.4g}")
             target_reached = trainer.stop_at_train_loss is not None and last_loss < trainer.stop_at_train_loss
             if (trainer.eval_every and step % trainer.eval_every == 0) or step == run.total_steps or target_reached:
-                metrics = evaluate(run.model, run.dataset, run.loss_fn, device, run.autocast)
+                metrics = evaluate(run.model, run.dataset, run.eval_loss_fn, device, run.autocast, run.micro_batches)
                 if metrics:
                     _update_best(best, metrics, step)
                     loggers.log({"step": step, **metrics})
@@ -160,7 +164,13 @@ def build_run(cfg, device):
     run.optimizer = build_optimizer(cfg.optimizer, run.model, run.dataset.loss, sample_batch)
     run.schedule = Schedule(cfg.schedule, run.total_steps, run.dataset.steps_per_epoch)
     run.schedule.attach(run.optimizer)
-    run.loss_fn = loss_function(run.dataset.loss)
+    # Training uses the dataset's label smoothing (dataset.label_smoothing; IWSLT14, ImageNet), through the closure,
+    # so second-order optimizers differentiate the same loss; evaluation reports the plain NLL and its perplexity.
+    run.loss_fn = loss_function(run.dataset.loss, float(getattr(run.dataset, "label_smoothing", 0.0)))
+    run.eval_loss_fn = loss_function(run.dataset.loss)
+    run.micro_batches = trainer.grad_accumulation
+    if not isinstance(run.micro_batches, int) or run.micro_batches < 1:
+        raise ConfigError(f"trainer.grad_accumulation={run.micro_batches} is invalid: it must be an integer >= 1")
     run.regularizer = l2_regularizer(trainer.l2, trainer.l2_randomized, trainer.l2_exclude_norm_and_bias)
     run.autocast = autocast_for(trainer.precision, device)
     run.forward_model = torch.compile(run.model) if trainer.compile else run.model
@@ -186,12 +196,14 @@ def resume(cfg, run, checkpoints):
 
 
 def train_step(run, step, ranks, trainer):
-    """One optimizer step on this rank's shard of the step's batch; returns the shard's data loss."""
+    """One optimizer step on this rank's shard of the step's batch, in `trainer.grad_accumulation` micro-batches
+    (the step's gradient is the shard's mean, as without accumulation); returns the shard's data loss."""
     run.schedule.apply(run.optimizer, step)
     run.model.train()
     inputs, targets = ranks.shard(to_device(run.dataset.train_batch(step), run.device))
     closure = LossClosure(run.forward_model, inputs, targets, run.loss_fn, run.regularizer, trainer.grad_clip,
-                          run.autocast, after_backward=ranks.average_gradients if ranks.active else None)
+                          run.autocast, after_backward=ranks.average_gradients if ranks.active else None,
+                          micro_batches=run.micro_batches)
     closure.model = run.model
     run.optimizer.step(closure)
     if ranks.active and trainer.ddp_sync == "broadcast":

@@ -5,36 +5,52 @@ import math
 import torch
 
 from harness.data.base import to_device
+from harness.protocol import IGNORE_INDEX, leading_size, split_batch
 
 
 @torch.no_grad()
-def evaluate(model, dataset, loss_fn, device, autocast=None):
-    """Mean loss (weighted by batch size) and the dataset's metrics over its held-out split; {} if none."""
+def evaluate(model, dataset, loss_fn, device, autocast=None, micro_batches=1):
+    """Mean loss and the dataset's metrics over its held-out split; {} if none. Batches weigh by their counted
+    targets: integer targets equal to IGNORE_INDEX (padding) count neither in the loss nor in the accuracy, so
+    both are means over real tokens (fairseq's token-weighted valid loss); float targets count every entry.
+    The loop passes the plain loss (no label smoothing): val/loss is the NLL and val/perplexity its exp.
+    `micro_batches` (trainer.grad_accumulation) runs each batch in that many pieces, as training does: same sums."""
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    totals = {"loss": 0.0, "correct": 0, "count": 0}
     for inputs, targets in dataset.eval_batches():
         inputs, targets = to_device(inputs, device), to_device(targets, device)
-        if autocast is not None:
-            with autocast():
-                outputs = model(inputs).float()
-        else:
-            outputs = model(inputs)
-        n = targets.numel()
-        total_loss += float(loss_fn(outputs, targets)) * n
-        if "accuracy" in dataset.metrics:
-            correct += int((outputs.argmax(-1) == targets).sum())
-        if "sign_accuracy" in dataset.metrics:
-            correct += int(((outputs > 0) == (targets > 0.5)).sum())
-        count += n
+        k = min(micro_batches, leading_size(inputs))
+        for piece_inputs, piece_targets in zip(split_batch(inputs, k), split_batch(targets, k)):
+            if autocast is not None:
+                with autocast():
+                    outputs = model(piece_inputs).float()
+            else:
+                outputs = model(piece_inputs)
+            _add_batch(totals, outputs, piece_targets, loss_fn, dataset.metrics)
     model.train()
-    if count == 0:
+    if totals["count"] == 0:
         return {}
-    metrics = {"val/loss": total_loss / count}
+    metrics = {"val/loss": totals["loss"] / totals["count"]}
     if "accuracy" in dataset.metrics or "sign_accuracy" in dataset.metrics:
-        metrics["val/accuracy"] = correct / count
+        metrics["val/accuracy"] = totals["correct"] / totals["count"]
     if "perplexity" in dataset.metrics:
         metrics["val/perplexity"] = math.exp(min(metrics["val/loss"], 50.0))
     return metrics
+
+
+def _add_batch(totals, outputs, targets, loss_fn, metrics):
+    """Add a batch's summed loss, correct predictions and counted targets to `totals`."""
+    counted = None if targets.is_floating_point() else targets != IGNORE_INDEX
+    n = targets.numel() if counted is None else int(counted.sum())
+    if n == 0:
+        return
+    totals["loss"] += float(loss_fn(outputs, targets)) * n
+    if "accuracy" in metrics:
+        hits = outputs.argmax(-1) == targets
+        totals["correct"] += int((hits if counted is None else hits & counted).sum())
+    if "sign_accuracy" in metrics:
+        totals["correct"] += int(((outputs > 0) == (targets > 0.5)).sum())
+    totals["count"] += n
 
 
 def final_metrics(model, dataset, device):

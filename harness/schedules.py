@@ -3,6 +3,8 @@
 Each schedule config has `name`, `interval` ("step": progress counted in steps, or "epoch": the multiplier
 changes once per epoch, as the papers' CIFAR and MNIST scripts do) and the schedule's own keys.
 `also` maps other param-group keys (for example PSGD's `lr_preconditioner`) to schedule configs of their own.
+With interval "epoch" a schedule sees whole epochs, except those in FRACTIONAL_EPOCH, which see the fractional
+epoch step / steps_per_epoch (stage: its milestones act at whole epochs, its warm-up rises every step).
 """
 
 import math
@@ -19,10 +21,15 @@ def cosine(t, total, final_factor=0.0):
     return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * min(t / total, 1.0)))
 
 
-def stage(t, total, milestones=(0.7, 0.9), gamma=0.1):
-    """Multiply by `gamma` at each milestone; milestones below 1 are fractions of the run, others are counts."""
-    passed = sum(t >= (m * total if m < 1 else m) for m in milestones)
-    return gamma**passed
+def stage(t, total, milestones=(0.7, 0.9), gamma=0.1, warmup=0, start_factor=0.0):
+    """Multiply by `gamma` at each milestone; milestones below 1 are fractions of the run, others are counts.
+    An optional linear warm-up from `start_factor` over `warmup` (a fraction of the run below 1, else a count) comes
+    first: Goyal et al. 2017's ResNet-50 recipe, llqr_spec.md §8.4 (5 % of the run, then ×0.1 at epochs 30/70/90)."""
+    whole = math.floor(t)
+    passed = sum(whole >= (m * total if m < 1 else m) for m in milestones)
+    warm = warmup * total if warmup < 1 else warmup
+    ramp = start_factor + (1.0 - start_factor) * t / warm if t < warm else 1.0
+    return ramp * gamma**passed
 
 
 def exponential(t, total, final_factor=0.01):
@@ -46,6 +53,7 @@ def inverse_sqrt(t, total, warmup=4000, start_factor=0.0):
 
 
 SCHEDULES = {f.__name__: f for f in (constant, cosine, stage, exponential, warmup_cosine, inverse_sqrt)}
+FRACTIONAL_EPOCH = {"stage"}
 
 
 class Schedule:
@@ -63,6 +71,7 @@ class Schedule:
             raise ConfigError(f"{group}.interval='epoch' needs a dataset with epochs; use 'step' for streams")
         also = cfg.pop("also", None) or {}
         self.function, self.kwargs, self.key = SCHEDULES[name], cfg, key
+        self.fractional = name in FRACTIONAL_EPOCH
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         try:
             self.multiplier(0)
@@ -72,7 +81,8 @@ class Schedule:
 
     def multiplier(self, step):
         if self.interval == "epoch":
-            return self.function(step // self.steps_per_epoch, math.ceil(self.total_steps / self.steps_per_epoch), **self.kwargs)
+            epoch = step / self.steps_per_epoch if self.fractional else step // self.steps_per_epoch
+            return self.function(epoch, math.ceil(self.total_steps / self.steps_per_epoch), **self.kwargs)
         return self.function(step, self.total_steps, **self.kwargs)
 
     def attach(self, optimizer):

@@ -1,5 +1,6 @@
 """Bad input gets a clear, one-line error naming what was wrong and how to fix it."""
 
+import json
 import subprocess
 import sys
 
@@ -53,6 +54,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     newest = sorted((tmp_path / "checkpoints").glob("step_*.pt"))[-1]
     payload = torch.load(newest, weights_only=True)
     assert torch.isfinite(payload["model"]["xy"]).all(), "the checkpoints written are finite"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"] == "non_finite_loss", "a success-rate table must see the divergence"
 
 
 def test_train_py_prints_one_line_error_and_exits_2(tmp_path):

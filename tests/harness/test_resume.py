@@ -26,9 +26,10 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("optimizer", ["optimizer=sgd", "optimizer=adamw"])
+@pytest.mark.parametrize("optimizer", [["optimizer=sgd"], ["optimizer=adamw"],
+                                       ["optimizer=adamw", "trainer.grad_accumulation=4", "+optimizer.weight_decay_on=matrices"]])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
-    run([*TASK, optimizer], tmp_path / "straight")
+    run([*TASK, *optimizer], tmp_path / "straight")
 
     original = ArrayDataset.train_batch
 
@@ -39,9 +40,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, opt
 
     monkeypatch.setattr(ArrayDataset, "train_batch", failing_after_checkpoint)
     with pytest.raises(Interrupted):
-        run([*TASK, optimizer], tmp_path / "resumed")
+        run([*TASK, *optimizer], tmp_path / "resumed")
     monkeypatch.setattr(ArrayDataset, "train_batch", original)
-    _, summary = run([*TASK, optimizer], tmp_path / "resumed")
+    _, summary = run([*TASK, *optimizer], tmp_path / "resumed")
 
     straight, resumed = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "resumed")
     assert summary["steps"] == 2 * N

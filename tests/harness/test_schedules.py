@@ -7,6 +7,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.schedules import Schedule
+from tests.harness.helpers import compose_config
 
 
 def multipliers(cfg, total=100, steps_per_epoch=10):
@@ -25,6 +26,27 @@ def test_cosine_per_step_and_per_epoch():
 def test_stage_fractions_and_counts():
     assert multipliers({"name": "stage", "interval": "step", "milestones": [0.5, 0.75], "gamma": 0.1})[74] == pytest.approx(0.1)
     assert multipliers({"name": "stage", "interval": "epoch", "milestones": [2, 4], "gamma": 0.5})[45] == pytest.approx(0.25)
+
+
+def test_stage_with_warmup_against_a_hand_computed_list():
+    # 10 epochs of 4 steps: warm-up over 2 epochs rising every step from 0, then ×0.1 at epochs 5 and 8
+    per_epoch = multipliers({"name": "stage", "interval": "epoch", "milestones": [5, 8], "gamma": 0.1, "warmup": 2},
+                            total=40, steps_per_epoch=4)
+    expected = [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875] + [1.0] * 12 + [0.1] * 12 + [0.01] * 8
+    assert per_epoch == pytest.approx(expected)
+    # per step: warm-up over a fifth of 20 steps from 0.5, then ×0.5 from step 10 (half the run)
+    per_step = multipliers({"name": "stage", "interval": "step", "milestones": [0.5], "gamma": 0.5, "warmup": 0.2,
+                            "start_factor": 0.5}, total=20)
+    assert per_step == pytest.approx([0.5, 0.625, 0.75, 0.875] + [1.0] * 6 + [0.5] * 10)
+
+
+def test_imagenet_resnet50_preset_schedule():
+    # llqr_spec.md §8.4: 100 epochs of 5004 steps, linear warm-up over 5 % of training, ×0.1 at epochs 30/70/90
+    cfg = compose_config(["experiment=imagenet_resnet50"])
+    schedule = Schedule(cfg.schedule, 100 * 5004, 5004)
+    points = {0: 0.0, 2502: 0.1, 5 * 5004 - 1: (5 * 5004 - 1) / (5 * 5004), 5 * 5004: 1.0, 30 * 5004 - 1: 1.0,
+              30 * 5004: 0.1, 70 * 5004 - 1: 0.1, 70 * 5004: 0.01, 90 * 5004: 0.001, 100 * 5004 - 1: 0.001}
+    assert [schedule.multiplier(step) for step in points] == pytest.approx(list(points.values()))
 
 
 def test_exponential_matches_psgd_lenet5_decay():
