@@ -24,8 +24,18 @@ def prepare(cfg, choices):
     with open_dict(cfg):
         cfg.choices = {group: choice for group, choice in choices.items() if not group.startswith("hydra") and choice}
         if not cfg.experiment_name:
-            cfg.experiment_name = f"{choices['model']}-{choices['dataset']}-{choices['optimizer']}"
+            cfg.experiment_name = default_experiment_name(cfg, choices)
     return cfg
+
+
+def default_experiment_name(cfg, choices):
+    """<model>-<dataset>-<optimizer> for supervised training; a task that trains on something else names itself by
+    what it trains on (PPO: ppo-<env_id>-<optimizer>), since the unused model and dataset groups keep their defaults."""
+    task = cfg.get("task") or {}
+    if task.get("name", "supervised") == "supervised":
+        return f"{choices['model']}-{choices['dataset']}-{choices['optimizer']}"
+    subject = f"{task.name}-{task.env_id}" if task.get("env_id") else task.name
+    return f"{subject}-{choices['optimizer']}"
 
 
 def composed_run_config(overrides):

@@ -1,7 +1,9 @@
 """Copy each finished run's summary.json and resolved config.yaml into results/runs/<experiment>/<run>/,
 which is all `make tables` reads.
 
-    python -m scripts.collect_runs outputs/sweeps/psgd_table8 [more run roots...] [--dest results/runs]
+    python -m scripts.collect_runs outputs/sweeps/psgd_table8 [more run roots...] [--dest results/runs] [--with-metrics]
+
+--with-metrics also copies metrics.jsonl, which curve figures and the `steps_to` metric (e.g. grokking) read.
 """
 
 import argparse
@@ -10,7 +12,7 @@ import shutil
 from pathlib import Path
 
 
-def collect(roots, destination):
+def collect(roots, destination, with_metrics=False):
     copied = []
     for root in roots:
         for summary_path in sorted(Path(root).rglob("summary.json")):
@@ -19,8 +21,9 @@ def collect(roots, destination):
             target = Path(destination) / (summary.get("experiment") or "unnamed") / run_dir.name
             target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(summary_path, target / "summary.json")
-            if (run_dir / "config.yaml").is_file():
-                shutil.copyfile(run_dir / "config.yaml", target / "config.yaml")
+            for name in ("config.yaml", "metrics.jsonl") if with_metrics else ("config.yaml",):
+                if (run_dir / name).is_file():
+                    shutil.copyfile(run_dir / name, target / name)
             copied.append(target)
     return copied
 
@@ -29,8 +32,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+")
     parser.add_argument("--dest", default="results/runs")
+    parser.add_argument("--with-metrics", action="store_true", help="also copy metrics.jsonl")
     args = parser.parse_args(argv)
-    copied = collect(args.roots, args.dest)
+    copied = collect(args.roots, args.dest, args.with_metrics)
     print(f"copied {len(copied)} run summaries into {args.dest}")
 
 

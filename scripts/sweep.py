@@ -4,7 +4,9 @@
     python -m scripts.sweep psgd_table8                     # submit to SLURM (submitit), print job ids
     python -m scripts.sweep demo_grid --executor local      # the same jobs on this machine
 
-Values reach each job as Hydra override arguments (never through a shell). Each job trains in its own
+Values reach each job as Hydra override arguments (never through a shell). A grid axis lists plain values
+(`optimizer: [sgd, adamw]` gives optimizer=sgd and optimizer=adamw) or bundles, mappings of overrides that go
+together (`- {optimizer: psgd_lra, optimizer.rank: 5}`; the axis name is then only a label). Each job trains in its own
 run directory `<runs>/<sweep>/<job>`; on preemption or time-out (SIGUSR2 from submitit, SIGTERM from
 SLURM) the job checkpoints and requeues itself, and the requeued job resumes from that directory.
 `python -m scripts.collect_runs` then copies finished summaries into results/runs/.
@@ -13,6 +15,7 @@ SLURM) the job checkpoints and requeues itself, and the requeued job resumes fro
 import argparse
 import itertools
 import os
+import shlex
 from pathlib import Path
 
 import submitit
@@ -44,29 +47,78 @@ def load_sweep(name):
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: 'grid' must map override keys to non-empty lists of values")
     for key, values in grid.items():
-        if not isinstance(values, list) or not values or any(isinstance(v, (dict, list)) for v in values):
-            raise ConfigError(f"{path}: grid.{key} must be a non-empty list of plain values")
+        if not isinstance(values, list) or not values or any(isinstance(v, list) for v in values):
+            raise ConfigError(f"{path}: grid.{key} must be a non-empty list of plain values (or of bundles: mappings "
+                              "from override keys to plain values)")
+        for index, value in enumerate(values):
+            if isinstance(value, dict) and (not value or not all(_plain(v) for v in value.values())):
+                raise ConfigError(f"{path}: grid.{key}[{index}] is a bundle and must map override keys to plain values "
+                                  "or lists of plain values")
     for section in ("fixed", "resources"):
         if not isinstance(spec.get(section) or {}, dict):
             raise ConfigError(f"{path}: '{section}' must be a mapping")
     for key in spec.get("resources") or {}:
         if key not in RESOURCE_KEYS:
             raise ConfigError(f"{path}: unknown key resources.{key}; the keys are {sorted(RESOURCE_KEYS)}")
+    _check_jobs(path, spec)
     return spec
 
 
+def _check_jobs(path, spec):
+    """Every job sets each key once, and no two jobs share a name (they would share a run directory)."""
+    names = set()
+    for name, overrides in jobs_of(spec):
+        keys = [override.split("=", 1)[0] for override in overrides]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ConfigError(f"{path}: job {name} sets {', '.join(twice)} more than once (grid, bundles and fixed overlap)")
+        if name in names:
+            raise ConfigError(f"{path}: two jobs are named {name}")
+        if len(name.encode()) > 255:
+            raise ConfigError(f"{path}: job name {name} is longer than 255 bytes (a run directory's limit); shorten the grid")
+        names.add(name)
+
+
+def _plain(value):
+    return not isinstance(value, (dict, list)) or (isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value))
+
+
 def _value(value):
+    if isinstance(value, list):
+        return "[" + ",".join(_value(v) for v in value) + "]"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _override(key, value):
+    """`key=value`; a key starting with "~" and the value null is Hydra's deletion `~key`."""
+    return key if key.startswith("~") and value is None else f"{key}={_value(value)}"
+
+
+def _overrides(key, value):
+    """A plain grid value sets its key; a bundle (a mapping) sets all its overrides together, its key is a label."""
+    if isinstance(value, dict):
+        return [_override(k, v) for k, v in value.items()]
+    return [_override(key, value)]
+
+
+def _labels(key, values):
+    """Each grid value's part of a job name: its overrides; for a bundle only its group choices (keys without a dot,
+    e.g. experiment=..., optimizer=...) when those tell the axis's bundles apart, so that names stay short."""
+    full = [_overrides(key, v) for v in values]
+    short = [[o for o in overrides if "." not in o.split("=", 1)[0]] for overrides in full]
+    distinct = all(short) and len({tuple(s) for s in short}) == len(short)
+    return [",".join(o.replace("/", "_") for o in (s if distinct and isinstance(v, dict) else f))
+            for v, s, f in zip(values, short, full)]
 
 
 def jobs_of(spec):
     """(job name, Hydra overrides) for every combination of the grid, fixed overrides last."""
     keys = list(spec["grid"])
-    fixed = [f"{k}={_value(v)}" for k, v in (spec.get("fixed") or {}).items()]
-    for combination in itertools.product(*(spec["grid"][k] for k in keys)):
-        overrides = [f"{k}={_value(v)}" for k, v in zip(keys, combination)]
-        name = ",".join(o.replace("/", "_") for o in overrides)
-        yield name, overrides + fixed
+    fixed = [_override(k, v) for k, v in (spec.get("fixed") or {}).items()]
+    axes = [list(zip(spec["grid"][k], _labels(k, spec["grid"][k]))) for k in keys]
+    for combination in itertools.product(*axes):
+        overrides = [o for k, (v, _) in zip(keys, combination) for o in _overrides(k, v)]
+        yield ",".join(label for _, label in combination), overrides + fixed
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -108,7 +160,7 @@ def main(argv=None):
     print(f"sweep {args.sweep}: {len(jobs)} jobs; run directories under {root}")
     if args.dry_run:
         for name, overrides in jobs:
-            print("  python train.py " + " ".join(overrides) + f" hydra.run.dir={root / name}")
+            print("  python train.py " + " ".join(map(shlex.quote, [*overrides, f'hydra.run.dir="{root / name}"'])))
         return []
     executor = make_executor(args.executor, root / ".submitit" / "%j", spec.get("resources") or {}, args.partition, args.account)
     submitted = []

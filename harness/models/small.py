@@ -48,9 +48,36 @@ def mlp(info, hidden=(128, 128), activation="relu"):
     return MLP(info, list(hidden), activation)
 
 
+class OuterProductLogistic(nn.Module):
+    """Logistic regression on vec(x xᵀ) of the flattened image (PSGD paper E.3: 784² = 614,656 features).
+
+    Zero-initialised as the reference script (psgd_notes.md §6.12). The weight is stored as the reference's
+    (classes, 784²) matrix, but the features are never formed: logit_c = xᵀ W_c x + b_c, two matrix products
+    instead of a (batch × 614,656) feature tensor.
+    """
+
+    def __init__(self, info):
+        super().__init__()
+        self.width = info["in_channels"] * info["image_size"] ** 2
+        self.weight = nn.Parameter(torch.zeros(info["num_classes"], self.width * self.width))
+        self.bias = nn.Parameter(torch.zeros(info["num_classes"]))
+
+    def forward(self, x):
+        x = x.flatten(1)
+        w = self.weight.view(-1, self.width, self.width)                  # (classes, i, j), row-major as vec(x xᵀ)
+        xw = torch.einsum("bi,cij->bcj", x, w)                            # xᵀ W_c for every class
+        return (xw * x[:, None, :]).sum(-1) + self.bias
+
+
 @register_model("logistic_regression")
-def logistic_regression(info):
-    """Multinomial logistic regression: one linear layer on the flattened input."""
+def logistic_regression(info, features="flat"):
+    """Multinomial logistic regression: one linear layer on the flattened input, or on its outer product."""
+    if features == "outer_product":
+        if "image_size" not in info:
+            raise ValueError("model.features='outer_product' needs an image dataset (e.g. dataset=mnist)")
+        return OuterProductLogistic(info)
+    if features != "flat":
+        raise ValueError(f"model.features={features!r} is not known; choose 'flat' or 'outer_product'")
     return MLP(info, [], "relu")
 
 

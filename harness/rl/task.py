@@ -6,11 +6,13 @@ schedules, logging, checkpoints and exact resume.
 
 The actor's optimizer is the `optimizer` config group; the critic's is `task.critic_optimizer` (null: a
 second instance of the same config). Both are built by `harness.protocol.build_optimizer`, so any optimizer
-config works, first or second order. The schedule (`schedule` group) advances once per rollout.
+config works, first or second order. The schedule (`schedule` group) advances once per rollout. PPO runs in one
+process: under torchrun (WORLD_SIZE > 1) it stops with an error; run one process per seed instead.
 """
 
 import json
 import math
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -133,9 +135,21 @@ def resume(cfg, agent, checkpoints):
     return payload["rollout"], deque(payload["recent_returns"], maxlen=RETURN_WINDOW), payload["best"]
 
 
+def refuse_data_parallel():
+    """PPO here runs in one process. Under torchrun every rank would collect its own rollouts and update its own
+    actor and critic, so the ranks would train different policies: refuse instead (one process per seed)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise ConfigError(
+            f"task.name=ppo does not run data-parallel: this is one of WORLD_SIZE={world_size} processes (torchrun), "
+            "which would each collect their own rollouts and train different policies. Run one process per seed "
+            "instead: python train.py experiment=... seed=N (or a sweep over seeds, e.g. make sweep SWEEP=psgd_fig1_ppo).")
+
+
 @register_task("ppo")
 def run_ppo(cfg, run_dir):
     """Train PPO as `cfg` says, writing everything into `run_dir`. Returns the summary dict."""
+    refuse_data_parallel()
     run_dir, task = Path(run_dir), cfg.task
     torch.manual_seed(cfg.seed)
     configure_determinism(cfg.trainer)

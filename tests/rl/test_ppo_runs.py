@@ -104,3 +104,32 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     with pytest.raises(NonFiniteLossError, match="not finite at 128 environment steps"):
         run([*QUICK, "task.env_id=Pendulum-v1", "task.total_timesteps=256", "task.rollout_steps=128", "task.epochs=1",
              "optimizer=sgd", "task.optimizer_overrides.lr=1e30"], tmp_path)
+
+
+def test_torchrun_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """Under torchrun each rank would train its own policy on its own rollouts: PPO refuses and says what to do."""
+    from harness.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"task.name=ppo does not run data-parallel: .*WORLD_SIZE=2.*one process per seed"):
+        run([*QUICK, "task.env_id=Pendulum-v1", "task.total_timesteps=128", "task.rollout_steps=128"], tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")   # torchrun --nproc_per_node=1 is one process: it runs
+    _, summary = run([*QUICK, "task.env_id=Pendulum-v1", "task.total_timesteps=128", "task.rollout_steps=128",
+                      "task.epochs=1"], tmp_path)
+    assert summary["steps"] == 128
+
+
+def test_a_run_without_a_preset_is_named_after_its_environment(tmp_path):
+    """Not after the unused model and dataset groups' defaults (resnet18-cifar10-...)."""
+    from tests.harness.helpers import compose_config
+    from harness.compose import composed_run_config
+
+    assert composed_run_config([*QUICK, "task.env_id=Pendulum-v1"]).experiment_name == "ppo-Pendulum-v1-adamw"
+    assert composed_run_config(["task=ppo", "optimizer=psgd_xmat"]).experiment_name == \
+        f"ppo-{compose_config(['task=ppo']).task.env_id}-psgd_xmat"
+    assert composed_run_config(["experiment=fig1_ppo_walker2d"]).experiment_name == "fig1_ppo_walker2d"
+    assert composed_run_config(["model=lenet5", "dataset=digits", "optimizer=adamw"]).experiment_name == "lenet5-digits-adamw"
+    _, summary = run([*QUICK, "optimizer=sgd", "task.env_id=Pendulum-v1", "task.total_timesteps=64", "task.rollout_steps=64",
+                      "task.epochs=1"], tmp_path)
+    assert summary["experiment"] == "ppo-Pendulum-v1-sgd" and summary["choices"]["optimizer"] == "sgd"

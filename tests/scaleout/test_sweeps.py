@@ -1,4 +1,5 @@
-"""Sweep definitions are data; every job of every sweep composes; a 2x2 sweep runs locally."""
+"""Sweep definitions are data (plain values and bundles of overrides); a 2x2 sweep runs locally. The paper sweeps' own
+checks are in test_paper_sweeps.py."""
 
 import json
 import os
@@ -7,23 +8,10 @@ import sys
 
 import pytest
 
-from harness.compose import REPO_ROOT, compose_config
+from harness.compose import REPO_ROOT
 from harness.errors import ConfigError
 from scripts.collect_runs import collect
-from scripts.sweep import SWEEPS, jobs_of, load_sweep, main
-
-ALL_SWEEPS = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
-
-
-@pytest.mark.parametrize("sweep", ALL_SWEEPS)
-def test_every_job_of_every_sweep_composes(sweep):
-    spec = load_sweep(sweep)
-    seen = set()
-    for _, overrides in jobs_of(spec):
-        key = tuple(o for o in overrides if not o.startswith("seed="))
-        if key not in seen:
-            seen.add(key)
-            compose_config(overrides)
+from scripts.sweep import jobs_of, load_sweep, main
 
 
 def test_dry_run_lists_the_jobs(capsys):
@@ -43,6 +31,41 @@ def test_malformed_sweep_names_file_and_key(tmp_path, monkeypatch):
         load_sweep("bad")
 
 
+def test_bundles_set_overrides_together_and_name_jobs_by_their_choices(tmp_path, monkeypatch):
+    monkeypatch.setattr("scripts.sweep.SWEEPS", tmp_path)
+    (tmp_path / "b.yaml").write_text(
+        "grid:\n  setup:\n    - sgd_label\n    - {optimizer: psgd_lra, optimizer.rank: 5, ~optimizer.betas: null,"
+        " optimizer.betas: [0.9, 0.99], trainer.deterministic: true}\n  seed: [0, 1]\nfixed: {experiment: demo_xor}\n")
+    jobs = list(jobs_of(load_sweep("b")))
+    assert jobs[0] == ("setup=sgd_label,seed=0", ["setup=sgd_label", "seed=0", "experiment=demo_xor"])
+    assert jobs[3] == ("optimizer=psgd_lra,seed=1",
+                       ["optimizer=psgd_lra", "optimizer.rank=5", "~optimizer.betas", "optimizer.betas=[0.9,0.99]",
+                        "trainer.deterministic=true", "seed=1", "experiment=demo_xor"])
+
+
+def test_bundles_that_share_their_choices_are_named_in_full(tmp_path, monkeypatch):
+    monkeypatch.setattr("scripts.sweep.SWEEPS", tmp_path)
+    (tmp_path / "b.yaml").write_text("grid:\n  opt:\n    - {optimizer: sgd, optimizer.lr: 0.1}\n"
+                                     "    - {optimizer: sgd, optimizer.lr: 0.2}\n")
+    assert [name for name, _ in jobs_of(load_sweep("b"))] == ["optimizer=sgd,optimizer.lr=0.1", "optimizer=sgd,optimizer.lr=0.2"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid:\n  a: [{optimizer: {lr: 1}}]\n", r"b\.yaml: grid\.a\[0\] is a bundle and must map override keys to plain"),
+    ("grid:\n  a: [{}]\n", r"b\.yaml: grid\.a\[0\] is a bundle"),
+    ("grid:\n  a: [[1, 2]]\n", r"b\.yaml: grid\.a must be a non-empty list of plain values"),
+    ("grid:\n  a: [{seed: 1}]\n  seed: [0]\n", r"b\.yaml: job seed=1,seed=0 sets seed more than once"),
+    ("grid:\n  a: [{optimizer: sgd}]\nfixed: {optimizer: adamw}\n", r"b\.yaml: job optimizer=sgd sets optimizer more than once"),
+    ("grid:\n  seed: [1, 1]\n", r"b\.yaml: two jobs are named seed=1"),
+    ("grid:\n  a: [{y.z: " + "9" * 300 + "}]\n", r"b\.yaml: job name .* is longer than 255 bytes"),
+])
+def test_malformed_bundles_and_clashing_jobs_name_file_and_key(tmp_path, monkeypatch, text, message):
+    monkeypatch.setattr("scripts.sweep.SWEEPS", tmp_path)
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_sweep("b")
+
+
 @pytest.mark.slow
 def test_two_by_two_sweep_with_the_hydra_local_launcher(tmp_path):
     command = [sys.executable, "train.py", "-m", "hydra/launcher=local", "experiment=demo_xor", "optimizer=sgd,adamw",
@@ -56,3 +79,6 @@ def test_two_by_two_sweep_with_the_hydra_local_launcher(tmp_path):
     assert optimizers == [("torch.optim.AdamW", 0), ("torch.optim.AdamW", 1), ("torch.optim.SGD", 0), ("torch.optim.SGD", 1)]
     copied = collect([tmp_path], tmp_path / "results")
     assert len(copied) == 4 and all((c / "summary.json").is_file() and (c / "config.yaml").is_file() for c in copied)
+    assert not any((c / "metrics.jsonl").exists() for c in copied), "metrics are copied only when asked"
+    copied = collect([tmp_path], tmp_path / "with_metrics", with_metrics=True)
+    assert all((c / "metrics.jsonl").read_text().strip() for c in copied)
