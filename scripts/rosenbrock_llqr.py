@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,6 +53,9 @@ def parse_args(argv=None):
                         "start points (fixed seed, uniform in [-2,2]x[-1,3]) and write sweep.csv")
     p.add_argument("--run-dir", default="results/runs/rosenbrock")
     p.add_argument("--fig-dir", default="results/figures/rosenbrock")
+    p.add_argument("--table-dir", default="",
+                   help="also write one summary.json per method here for `make tables` (the main run uses "
+                        "results/runs/llqr_rosenbrock)")
     return p.parse_args(argv)
 
 
@@ -103,6 +107,19 @@ def write_summary(rows, path):
         print(f"  {method:18s} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in list(out[-1].items())[1:]))
     write_csv(out, path)
+    return out
+
+
+def write_table_summaries(summary_rows, destination, command):
+    """One results/runs/llqr_rosenbrock/<method>/summary.json per method, in the shape `make tables` reads
+    (results/paper/llqr_fig2_rosenbrock.yaml selects a method by choices.optimizer)."""
+    for row in summary_rows:
+        run = Path(destination) / row["method"]
+        run.mkdir(parents=True, exist_ok=True)
+        summary = {"experiment": "llqr_rosenbrock", "choices": {"optimizer": row["method"]}, "seed": 0,
+                   "steps": row["steps_run"], "stopped": "diverged" if row["diverged"] else "max_steps",
+                   "final": {"train/loss": row["final_loss"]}, "command": command}
+        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def settings(args):
@@ -267,7 +284,10 @@ def main(argv=None):
         return sweep(args, cfg, run_dir)
     rows = run_all(torch.tensor(args.start, dtype=torch.float64), args, cfg)
     write_csv(rows, run_dir / "trajectories.csv")
-    write_summary(rows, run_dir / "summary.csv")
+    summary_rows = write_summary(rows, run_dir / "summary.csv")
+    if args.table_dir:
+        write_table_summaries(summary_rows, args.table_dir, "OMP_NUM_THREADS=1 python -m scripts.rosenbrock_llqr "
+                              + " ".join(argv if argv is not None else sys.argv[1:]))
     (run_dir / "settings.json").write_text(json.dumps(settings(args), indent=1) + "\n")
     plot_all(rows, fig_dir, args)
     print(f"wrote {run_dir}/trajectories.csv, summary.csv, settings.json and PNGs in {fig_dir}")
