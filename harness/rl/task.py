@@ -56,7 +56,14 @@ class Agent:
         self.critic_cfg = critic_cfg = with_overrides(critic_choice, task.optimizer_overrides, "critic")
         # The actor's model is the surrogate module (its output is the per-sample loss: loss kind "objective");
         # the critic regresses the returns (loss kind "mse"), so Gauss-Newton methods see its output curvature.
-        self.actor_optimizer = build_optimizer(actor_cfg, self.surrogate, "objective", self.sample_batch(actor=True))
+        try:
+            self.actor_optimizer = build_optimizer(actor_cfg, self.surrogate, "objective", self.sample_batch(actor=True))
+        except ConfigError as error:
+            if "objective" not in str(error):
+                raise
+            raise ConfigError(f"{error} -- the PPO actor's clipped surrogate is a plain objective with no output "
+                              "curvature, which this optimizer needs; use it for the critic only, e.g. optimizer=adamw "
+                              "+optimizer@task.critic_optimizer=llqr") from error
         self.critic_optimizer = build_optimizer(critic_cfg, self.critic, "mse", self.sample_batch(actor=False))
         self.steps_per_rollout = task.rollout_steps * task.num_envs
         self.total_rollouts = math.ceil(task.total_timesteps / self.steps_per_rollout)

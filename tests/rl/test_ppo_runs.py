@@ -133,3 +133,17 @@ def test_a_run_without_a_preset_is_named_after_its_environment(tmp_path):
     _, summary = run([*QUICK, "optimizer=sgd", "task.env_id=Pendulum-v1", "task.total_timesteps=64", "task.rollout_steps=64",
                       "task.epochs=1"], tmp_path)
     assert summary["experiment"] == "ppo-Pendulum-v1-sgd" and summary["choices"]["optimizer"] == "sgd"
+
+
+def test_llqr_actor_is_refused_with_the_critic_only_fix(tmp_path):
+    from harness.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"use it for the critic only, e\.g\. optimizer=adamw "
+                                          r"\+optimizer@task\.critic_optimizer=llqr"):
+        run([*QUICK[:2], "optimizer=llqr", "trainer.device=cpu", "task.env_id=Pendulum-v1", "task.total_timesteps=64",
+             "task.rollout_steps=32"], tmp_path)
+
+
+def test_llqr_critic_with_an_adamw_actor_trains(tmp_path):
+    _, summary = run([*QUICK, "+optimizer@task.critic_optimizer=llqr", "task.env_id=Pendulum-v1",
+                      "task.total_timesteps=128", "task.rollout_steps=64"], tmp_path)
+    assert summary["critic_optimizer"] == "llqr.LLQR" and summary["steps"] == 128
