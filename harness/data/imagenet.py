@@ -103,7 +103,7 @@ class ImageFolderDataset(Dataset):
 def imagenet(paths, batch_size=256, seed=0, data_dir=None, image_size=224, eval_batch_size=None, workers=8, max_eval_images=None,
              label_smoothing=0.0):
     """ImageNet-1k from an ImageFolder tree: `data_dir`, else `<mirror>/imagenet`, else `<root>/imagenet`.
-    `label_smoothing` is recorded for the loop (not applied yet; see harness/data/iwslt.py)."""
+    `label_smoothing` is applied to the training loss by the loop (harness.protocol.loss_function)."""
     candidates = [Path(data_dir).expanduser()] if data_dir else []
     candidates += [p / "imagenet" for p in (paths.mirror, paths.root) if p is not None]
     for root in candidates:

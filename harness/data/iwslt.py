@@ -9,10 +9,10 @@ padded to a multiple of 8), sentences end with </s>, the decoder input is the ta
 </s>; batches hold at most `max_tokens` padded tokens, are built once from the length-sorted data and shuffled
 each epoch. Inputs are (src_tokens, prev_output_tokens); targets are the target ids with -100 at padding.
 
-Loss: "cross_entropy" over the non-padding target positions. The paper's label smoothing (0.1) is recorded in the
-`label_smoothing` attribute (config key dataset.label_smoothing); the loop does not apply it yet: the proposal is
-`loss_function(kind, label_smoothing)` → F.cross_entropy(..., label_smoothing=ε) (torch spreads ε over all V classes,
-fairseq over the V − 1 others: a difference of order ε/V).
+Loss: "cross_entropy" over the non-padding target positions, label-smoothed by the `label_smoothing` attribute
+(config key dataset.label_smoothing, the paper's 0.1) in training through `harness.protocol.loss_function`, which uses
+F.cross_entropy(..., label_smoothing=ε): torch spreads ε over all V classes, fairseq over the V − 1 others (a
+difference of order ε/V). Evaluation reports the unsmoothed NLL.
 """
 
 from collections import Counter
@@ -94,7 +94,7 @@ def collate(pairs):
 class IWSLT14(Dataset):
     loss = "cross_entropy"
     metrics = ("perplexity",)
-    label_smoothing = 0.1  # the paper's label-smoothed cross-entropy (see the module docstring; not applied yet)
+    label_smoothing = 0.1  # the paper's label-smoothed cross-entropy (applied in training; see the module docstring)
 
     def __init__(self, folder, max_tokens, max_sentences, seed, bleu_split, bleu_max_sentences, beam, lenpen, max_len_b=200, max_len_a=0.0):
         self.folder, self.seed, self.max_tokens, self.max_sentences = Path(folder), int(seed), int(max_tokens), max_sentences
