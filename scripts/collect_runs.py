@@ -4,12 +4,17 @@ which is all `make tables` reads.
     python -m scripts.collect_runs outputs/sweeps/psgd_table8 [more run roots...] [--dest results/runs] [--with-metrics]
 
 --with-metrics also copies metrics.jsonl, which curve figures and the `steps_to` metric (e.g. grokking) read.
+Each run also gets command.txt: the `python train.py ...` command that made it, rebuilt from Hydra's record of the
+run's overrides (.hydra/overrides.yaml; the run directory itself is not part of it).
 """
 
 import argparse
 import json
+import shlex
 import shutil
 from pathlib import Path
+
+import yaml
 
 
 def collect(roots, destination, with_metrics=False):
@@ -24,8 +29,19 @@ def collect(roots, destination, with_metrics=False):
             for name in ("config.yaml", "metrics.jsonl") if with_metrics else ("config.yaml",):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, target / name)
+            command = train_command(run_dir)
+            if command:
+                (target / "command.txt").write_text(command + "\n")
             copied.append(target)
     return copied
+
+
+def train_command(run_dir):
+    """`python train.py <overrides>` from the run's .hydra/overrides.yaml, each override shell-quoted; None if absent."""
+    recorded = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        return None
+    return " ".join(["python", "train.py", *(shlex.quote(o) for o in yaml.safe_load(recorded.read_text()) or [])])
 
 
 def main(argv=None):

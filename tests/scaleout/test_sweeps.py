@@ -80,5 +80,7 @@ def test_two_by_two_sweep_with_the_hydra_local_launcher(tmp_path):
     copied = collect([tmp_path], tmp_path / "results")
     assert len(copied) == 4 and all((c / "summary.json").is_file() and (c / "config.yaml").is_file() for c in copied)
     assert not any((c / "metrics.jsonl").exists() for c in copied), "metrics are copied only when asked"
+    commands = sorted((c / "command.txt").read_text().split() for c in copied)
+    assert commands[0][:2] == ["python", "train.py"] and "optimizer=adamw" in commands[0] and "seed=0" in commands[0]
     copied = collect([tmp_path], tmp_path / "with_metrics", with_metrics=True)
     assert all((c / "metrics.jsonl").read_text().strip() for c in copied)
