@@ -219,8 +219,8 @@ class KFAC(torch.optim.Optimizer):
             if "G_inv" in state:
                 v_new = precondition_inverse(v, state["G_inv"], state["A_inv"], layer.kind)
             elif "QG" in state:
-                v_new = precondition_eigen(v, state["QG"], state["dG"], state.get("QA"), state["dA"],
-                                           group["damping"], layer.kind)
+                denominator = layer.eigen_denominator(state["dG"], state["dA"], group["damping"])
+                v_new = precondition_eigen(v, state["QG"], state.get("QA"), denominator, layer.kind)
             else:
                 continue  # no factors captured yet: the base step acts alone
             pairs.append((layer, v, v_new, group))
@@ -240,21 +240,28 @@ class KFAC(torch.optim.Optimizer):
         return torch.where(vg_sum > 0, (kappa / vg_sum).sqrt().clamp(max=1.0), torch.ones_like(vg_sum))
 
     def _base_step(self):
-        # SGD with momentum as torch.optim.SGD (dampening 0): d = ∇ + wd·θ; b ← μb + d; θ ← θ − η(b or d + μb).
+        # SGD with momentum as torch.optim.SGD (dampening 0): d = ∇ + wd·θ; b ← μb + d; θ ← θ − η(b or d + μb),
+        # as foreach calls over each group's parameters that have a gradient.
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
-                if group["momentum"]:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d.clone()
-                    else:
-                        state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                    buf = state["momentum_buffer"]
-                    d = d.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                p.add_(d, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["momentum"]:
+                states = [self.state[p] for p in params]
+                running = [(s["momentum_buffer"], d) for s, d in zip(states, grads) if "momentum_buffer" in s]
+                if running:
+                    buffers = [b for b, _ in running]
+                    torch._foreach_mul_(buffers, group["momentum"])
+                    torch._foreach_add_(buffers, [d for _, d in running])
+                for s, d in zip(states, grads):
+                    if "momentum_buffer" not in s:
+                        s["momentum_buffer"] = d.clone()
+                buffers = [s["momentum_buffer"] for s in states]
+                grads = torch._foreach_add(grads, buffers, alpha=group["momentum"]) if group["nesterov"] else buffers
+            torch._foreach_add_(params, grads, alpha=-group["lr"])
 
     def _group_of(self, param):
         return self._group_index[id(param)]

@@ -56,46 +56,65 @@ def _conv_padding(module):
     return tuple(p // 2 for p in pads)
 
 
-def input_second_moment(module, x):
-    """(Σ ā āᵀ, number of rows) over the layer's input rows, ā = [a; 1] when the layer has a bias.
+def input_columns(module, x):
+    """The layer's input rows as the columns of a (d_in, rows) matrix, in the weight's column order: a conv's patches
+    (channel, kernel row, kernel column) × (example, output row, output column), a Linear's inputs as they are.
 
-    The bias block is assembled from column sums, [[Σaaᵀ, Σa], [Σaᵀ, R]], instead of concatenating a column of
-    ones; a conv's patches are laid out (d_in, rows) for one cheap copy (an implementation choice for speed).
-    """
-    if isinstance(module, nn.Conv2d):
-        patches = F.unfold(x, module.kernel_size, module.dilation, _conv_padding(module), module.stride)
-        cols = patches.permute(1, 0, 2).reshape(patches.shape[1], -1)
-    else:
-        cols = x.reshape(-1, x.shape[-1]).T
+    A conv's patches are read through a strided view of the (padded) input and copied once into this layout; for
+    a Linear the result is a view (an implementation choice for speed: no unfold, no permuted copy)."""
+    if not isinstance(module, nn.Conv2d):
+        return x.reshape(-1, x.shape[-1]).T
+    pad_h, pad_w = _conv_padding(module)
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
+    n, c, h, w = x.shape
+    (k_h, k_w), (d_h, d_w), (s_h, s_w) = module.kernel_size, module.dilation, module.stride
+    out_h, out_w = (h - d_h * (k_h - 1) - 1) // s_h + 1, (w - d_w * (k_w - 1) - 1) // s_w + 1
+    st_n, st_c, st_h, st_w = x.stride()
+    patches = x.as_strided((c, k_h, k_w, n, out_h, out_w),
+                           (st_c, d_h * st_h, d_w * st_w, st_n, s_h * st_h, s_w * st_w))
+    return patches.reshape(c * k_h * k_w, n * out_h * out_w)
+
+
+def input_second_moment(cols, bias):
+    """Σ ā āᵀ over the columns of `cols` (d_in, rows), ā = [a; 1] when the layer has a bias.
+
+    The bias block is assembled from column sums, [[Σaaᵀ, Σa], [Σaᵀ, R]], instead of concatenating a row of
+    ones."""
     gram, n_rows = cols @ cols.T, cols.shape[1]
-    if module.bias is None:
-        return gram, n_rows
+    if not bias:
+        return gram
     sums = cols.sum(dim=1, keepdim=True)
     corner = torch.full((1, 1), float(n_rows), dtype=gram.dtype, device=gram.device)
-    return torch.cat([torch.cat([gram, sums], 1), torch.cat([sums.T, corner], 1)], 0), n_rows
+    return torch.cat([torch.cat([gram, sums], 1), torch.cat([sums.T, corner], 1)], 0)
 
 
-def output_grad_rows(module, grad):
-    """∂loss/∂s as (rows, d_out): channels last for a conv."""
+def output_grad_columns(module, grad):
+    """∂loss/∂s as (d_out, rows), rows in the order of `input_columns` (for a conv one copy, channels first)."""
     if isinstance(module, nn.Conv2d):
-        grad = grad.movedim(1, -1)
-    return grad.reshape(-1, grad.shape[-1])
+        return grad.transpose(0, 1).reshape(grad.shape[1], -1)
+    return grad.reshape(-1, grad.shape[-1]).T
 
 
 class CapturedLayer:
     """One preconditioned module: forward hooks accumulate Σ āāᵀ and Σ ggᵀ while `capturing` is on.
 
-    A module called several times in one forward pass (a recurrent cell) adds every call's rows.
+    A module called several times in one forward pass (a recurrent cell) adds every call's rows. Calls with fewer
+    rows than the factor's side are held back and summed in one product once enough rows are pending (or when the
+    estimates are read): one (d × R)(R × d) product instead of many thin ones (an implementation choice for speed).
+    Holding a call's input or output gradient until then keeps alive only what autograd itself holds for backward.
     """
 
     def __init__(self, name, module):
         self.name, self.module, self.kind = name, module, kind_of(module)
         self.capturing = False
+        self.denominator = None  # (d_G, d_A, damping, d_G d_Aᵀ + damping) of the last eigendecomposition
         self.reset()
         self._handle = module.register_forward_hook(self._forward_hook)
 
     def reset(self):
         self.a_sum, self.a_rows, self.g_sum, self.first_batch = None, 0, None, None
+        self._a_pending, self._g_pending = [], []
 
     def remove(self):
         self._handle.remove()
@@ -109,31 +128,62 @@ class CapturedLayer:
         if not (self.capturing and module.training and torch.is_grad_enabled() and output.requires_grad):
             return
         x = inputs[0]
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # statistics in full precision
+        with torch.no_grad():
             if self.first_batch is None:
                 self.first_batch = x.shape[0]
             if self.kind == DIAG_KRON:
                 # One-hot rows: Σ āāᵀ is diagonal with the counts of each index.
                 stat = torch.bincount(x.reshape(-1), minlength=module.num_embeddings).to(module.weight.dtype)
-                rows = x.numel()
+                self.a_sum = stat if self.a_sum is None else self.a_sum + stat
+                self.a_rows += x.numel()
             else:
-                # Factors in the weight's dtype (under AMP the activations may be half precision).
-                stat, rows = input_second_moment(module, x.detach().to(module.weight.dtype))
-            self.a_sum = stat if self.a_sum is None else self.a_sum + stat
-            self.a_rows += rows
+                cols = input_columns(module, x.detach())
+                self.a_rows += cols.shape[1]
+                self._a_pending.append(cols)
+                if sum(c.shape[1] for c in self._a_pending) >= cols.shape[0]:
+                    self._flush_inputs()
         output.register_hook(self._grad_hook)
 
     def _grad_hook(self, grad):
         with torch.no_grad():
-            g = output_grad_rows(self.module, grad.detach()).to(self.module.weight.dtype)
-            stat = g.T @ g
-            self.g_sum = stat if self.g_sum is None else self.g_sum + stat
+            cols = output_grad_columns(self.module, grad.detach())
+            self._g_pending.append(cols)
+            if sum(c.shape[1] for c in self._g_pending) >= cols.shape[0]:
+                self._flush_output_grads()
+
+    def _flush_inputs(self):
+        # Factors in the weight's dtype (under AMP the activations may be half precision), in full precision.
+        with torch.no_grad(), torch.autocast(self.module.weight.device.type, enabled=False):
+            cols = torch.cat(self._a_pending, 1) if len(self._a_pending) > 1 else self._a_pending[0]
+            has_bias = getattr(self.module, "bias", None) is not None
+            stat = input_second_moment(cols.to(self.module.weight.dtype), has_bias)
+        self.a_sum = stat if self.a_sum is None else self.a_sum + stat
+        self._a_pending = []
+
+    def _flush_output_grads(self):
+        with torch.no_grad(), torch.autocast(self.module.weight.device.type, enabled=False):
+            cols = torch.cat(self._g_pending, 1) if len(self._g_pending) > 1 else self._g_pending[0]
+            cols = cols.to(self.module.weight.dtype)
+            stat = cols @ cols.T
+        self.g_sum = stat if self.g_sum is None else self.g_sum + stat
+        self._g_pending = []
 
     def factor_estimates(self, loss_examples):
         """(Â, Ĝ) from the rows captured since the last reset, or None if nothing was captured."""
+        if self._a_pending:
+            self._flush_inputs()
+        if self._g_pending:
+            self._flush_output_grads()
         if self.a_sum is None or self.g_sum is None:
             return None
         return self.a_sum / self.a_rows, self.g_sum * loss_examples
+
+    def eigen_denominator(self, d_g, d_a, damping):
+        """d_G d_Aᵀ + λ for `precondition_eigen`, formed once per eigendecomposition and damping."""
+        cached = self.denominator
+        if cached is None or cached[0] is not d_g or cached[1] is not d_a or cached[2] != damping:
+            self.denominator = (d_g, d_a, damping, eigen_denominator(d_g, d_a, damping, self.kind))
+        return self.denominator[3]
 
     def grad_matrix(self):
         """The gradient as V = [∇W | ∇b] (d_out × d_in [+1]); for an Embedding, ∇W itself (vocab × d)."""
@@ -158,16 +208,25 @@ class CapturedLayer:
             bias.grad.copy_(v[:, n_w])
 
 
-def precondition_eigen(v, q_g, d_g, q_a, d_a, damping, kind):
+def eigen_denominator(d_g, d_a, damping, kind):
+    """d_G d_Aᵀ + λ, the eigenvalues of A ⊗ G + λI in the layout of Q_Gᵀ V Q_A (of Vᵀ-shaped blocks for an
+    Embedding)."""
+    if kind == DIAG_KRON:
+        return torch.outer(d_a, d_g) + damping
+    return torch.outer(d_g, d_a) + damping
+
+
+def precondition_eigen(v, q_g, q_a, denominator, kind):
     """(A ⊗ G + λI)⁻¹ vec(V) = Q_G [(Q_Gᵀ V Q_A) ⊘ (d_G d_Aᵀ + λ)] Q_Aᵀ: exact Tikhonov damping of the Kronecker
-    product through the eigenbases (kfac-pytorch's EIGEN method; alecwangcq).
+    product through the eigenbases (kfac-pytorch's EIGEN method; alecwangcq); `denominator` from
+    `eigen_denominator`.
 
     For an Embedding (kind DIAG_KRON) V is vocab × d, A is diagonal (q_a unused) and V is preconditioned as
     the transpose of a Linear's gradient.
     """
     if kind == DIAG_KRON:
-        return ((v @ q_g) / (torch.outer(d_a, d_g) + damping)) @ q_g.T
-    return q_g @ ((q_g.T @ v @ q_a) / (torch.outer(d_g, d_a) + damping)) @ q_a.T
+        return ((v @ q_g) / denominator) @ q_g.T
+    return q_g @ ((q_g.T @ v @ q_a) / denominator) @ q_a.T
 
 
 def pi_damped_inverses(q_g, d_g, q_a, d_a, damping, pi, kind):

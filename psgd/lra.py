@@ -85,7 +85,9 @@ def _update_u(U, V, a, b, IpVtU, lr_p, tiny, normalizer):
         norm = (torch.linalg.vector_norm(a) * torch.linalg.vector_norm(atVVt)
                 + torch.linalg.vector_norm(b) * torch.linalg.vector_norm(btVVt))
     mu = lr_p / (norm + tiny)
-    U.sub_(mu * (a.mm(atV.mm(IpVtU)) - b.mm(btV.mm(IpVtU))))
+    step = a.mm(atV.mm(IpVtU))  # mu·(X − Y) formed in place in X's buffer: the same values as the reference's
+    step.sub_(b.mm(btV.mm(IpVtU)))  # out-of-place expression, without two more n×r temporaries
+    U.sub_(step.mul_(mu))
 
 
 def _update_v(U, V, a, b, lr_p, tiny, normalizer):
@@ -102,7 +104,9 @@ def _update_v(U, V, a, b, lr_p, tiny, normalizer):
         norm = (torch.linalg.vector_norm(a) * torch.linalg.vector_norm(UUta)
                 + torch.linalg.vector_norm(b) * torch.linalg.vector_norm(UUtb))
     mu = lr_p / (norm + tiny)
-    V.sub_(mu * ((a + V.mm(atU.t())).mm(atU) - (b + V.mm(btU.t())).mm(btU)))
+    step = (a + V.mm(atU.t())).mm(atU)  # in place as in _update_u
+    step.sub_((b + V.mm(btU.t())).mm(btU))
+    V.sub_(step.mul_(mu))
 
 
 def dense_q(state):

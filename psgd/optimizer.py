@@ -81,6 +81,7 @@ class PSGD(torch.optim.Optimizer):
                         weight_decay=weight_decay, kron_max_dense_size=kron_max_dense_size,
                         kron_fold_bias=kron_fold_bias)
         self._rng, self._model = RandomSource(rng_seed), model
+        self._xmat_coefficients = {}  # per group: P's diagonals between preconditioner updates (not state)
         super().__init__(params, defaults)  # add_param_group builds each group's preconditioner, in group order
         self.state[self.param_groups[0]["params"][0]]["psgd_step"] = 0
 
@@ -275,7 +276,7 @@ class PSGD(torch.optim.Optimizer):
         if kind in ("lra", "diag"):
             pg = lra.precondition(state, m[:, None])
         elif kind == "xmat":
-            pg = xmat.precondition(state, m)
+            pg = xmat.precondition(state, m, self._xmat_coefficients.setdefault(id(params[0]), xmat.Coefficients()))
         else:
             pg = newton.precondition(state, m)
         return _split(pg, params), pg, torch.finfo(dtype).tiny
@@ -308,14 +309,21 @@ class PSGD(torch.optim.Optimizer):
     @staticmethod
     def _apply(group, steps, whole, tiny, perturbations):
         """θ ← θ − lr_eff·Pg (− v in finite-difference steps), lr_eff = lr·min(clip/(‖Pg‖ + tiny), 1), with ‖Pg‖
-        the 2-norm of the whole group's preconditioned gradient `whole` (notes §2.1)."""
+        the 2-norm of the whole group's preconditioned gradient `whole` (notes §2.1). The reference's elementwise
+        operations per parameter, batched as foreach calls."""
         lr = group["lr"]
         if group["grad_clip_max_norm"] is not None:
             norm = torch.linalg.vector_norm(whole) + tiny
             lr = group["lr"] * min(group["grad_clip_max_norm"] / norm, 1.0)
+        params = group["params"]
+        updates = torch._foreach_mul(steps, lr)
         decay = group["lr"] * group["weight_decay"]  # decoupled weight decay (option; not in the paper)
-        for i, (p, s) in enumerate(zip(group["params"], steps)):
-            update = lr * s
+        if not decay and (perturbations is None or all(saved is None for saved in perturbations[1])):
+            if perturbations is not None:
+                torch._foreach_add_(updates, perturbations[0])  # also removes the finite-difference perturbation
+            torch._foreach_sub_(params, updates)
+            return
+        for i, (p, update) in enumerate(zip(params, updates)):
             if perturbations is None:
                 if decay:
                     update = update + decay * p
@@ -329,6 +337,7 @@ class PSGD(torch.optim.Optimizer):
                 if decay:
                     update = update + decay * p
             p.sub_(update)
+
 
 def _kron_blocks(params, model):
     """Index lists into `params`: [weight, bias] for each module of `model` whose weight (2 or more dims) and

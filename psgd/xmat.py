@@ -37,11 +37,43 @@ def update(state, v, h, lr_preconditioner, tiny, normalizer="1st"):
     b.sub_(mu * (nabla_a * b + nabla_b * a_flip))
 
 
-def precondition(state, g):
-    """P g = (a² + flip(b²)) g + (ab + flip(ab)) flip(g) (reference `precond_grad_Xmat_math`)."""
-    a, b = state["a"], state["b"]
+def precondition(state, g, cache=None):
+    """P g = (a² + flip(b²)) g + (ab + flip(ab)) flip(g) (reference `precond_grad_Xmat_math`).
+
+    With a `Coefficients` cache the two diagonals are formed only when a or b changed since the last call: the
+    same operations on the same values as the reference, so the same bits, in 4 elementwise passes instead of 10."""
+    diagonal, anti_diagonal = cache.get(state) if cache is not None else coefficients(state["a"], state["b"])
+    return diagonal * g + anti_diagonal * _flip(g)
+
+
+def coefficients(a, b):
+    """The diagonals (a² + flip(b²), ab + flip(ab)) of P = QᵀQ in P g = d₁ g + d₂ flip(g)."""
     ab = a * b
-    return (a * a + _flip(b * b)) * g + (ab + _flip(ab)) * _flip(g)
+    return a * a + _flip(b * b), ab + _flip(ab)
+
+
+class Coefficients:
+    """`coefficients` of a state's (a, b), recomputed only when either tensor was replaced or changed in place
+    (tracked by identity and torch's version counter); kept outside the state_dict."""
+
+    def __init__(self):
+        self._key, self._value = None, None
+
+    def get(self, state):
+        a, b = state["a"], state["b"]
+        key = _key(a, b)
+        stale = (key is None or self._key is None or key[0] is not self._key[0] or key[1] is not self._key[1]
+                 or key[2:] != self._key[2:])
+        if stale:
+            self._key, self._value = key, coefficients(a, b)
+        return self._value
+
+
+def _key(a, b):
+    try:
+        return a, b, a._version, b._version
+    except RuntimeError:  # inference tensors have no version counter: never cache
+        return None
 
 
 def dense_q(state):

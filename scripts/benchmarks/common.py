@@ -5,6 +5,7 @@ ratios they print (ms/step of an optimizer over its base optimizer, in the same 
 """
 
 import argparse
+import ctypes
 import time
 
 import torch
@@ -154,6 +155,63 @@ def time_per_step(step, steps, warmup, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 1000.0 * (time.perf_counter() - start) / steps
+
+
+def clock(device):
+    """Seconds for timing one process's work: on CPU the process's CPU time (on a shared, loaded machine it leaves
+    out the time other processes hold the core; with one thread it is the steps' own time), on CUDA the wall
+    clock after a synchronize."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse rather than give it back to the OS (mallopt
+    M_MMAP_THRESHOLD = 32 MiB, M_TRIM_THRESHOLD = 2 GiB); True if it took effect.
+
+    Otherwise whether a step's activations come from reused heap memory or from fresh pages (page faults, counted
+    in the process's CPU time) depends on the heap's layout, i.e. on what else the benchmark process holds: two
+    optimizers computing the same thing then differ by up to ~15% on the small ResNet, in either direction."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, (2 << 30) - 1))
+
+
+def sandwiched_ratios(steppers, base_of, rounds, block_steps, device):
+    """Time optimizers against their base optimizers on a shared, loaded machine: ({name: [ms/step of each block]},
+    {name: [ratio of each round]}).
+
+    `steppers` maps a name to a zero-argument callable that runs one step; `base_of` maps the name of each
+    optimizer to compare to the name of its base (another stepper). Every round runs, for each compared optimizer
+    in turn (starting one place further each round), a block of `block_steps` steps of its base, a block of it,
+    and a block of its base again (shared with the next optimizer of the same base); its ratio in that round is
+    its ms/step over the mean of the two base blocks around it. Load changes slower than three blocks then cancel,
+    and a median over rounds (`statistics.median(ratios[name])`) leaves out the rounds a spike hit."""
+    others = [name for name in steppers if base_of.get(name)]
+    times = {name: [] for name in steppers}
+    ratios = {name: [] for name in others}
+
+    def block(name):
+        start = clock(device)
+        for _ in range(block_steps):
+            steppers[name]()
+        times[name].append(1000.0 * (clock(device) - start) / block_steps)
+        return times[name][-1]
+
+    for r in range(rounds):
+        last = None  # (base, ms/step) of the base block just run
+        for name in others[r % len(others):] + others[:r % len(others)]:
+            base = base_of[name]
+            before = last[1] if last is not None and last[0] == base else block(base)
+            ms = block(name)
+            last = (base, block(base))
+            ratios[name].append(2.0 * ms / (before + last[1]))
+    return times, ratios
 
 
 def state_bytes(optimizer):

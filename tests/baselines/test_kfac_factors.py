@@ -134,3 +134,21 @@ def test_mc_fisher_output_factor_matches_the_exact_softmax_fisher_in_expectation
     torch.testing.assert_close(opt.state[layer.weight]["G"], exact, rtol=0.0, atol=0.01)
     rows = torch.cat([x[:5], torch.ones(5, 1)], dim=1)
     torch.testing.assert_close(opt.state[layer.weight]["A"], rows.T @ rows / 5)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(2, 3, (3, 2), stride=(2, 1), dilation=(1, 2), padding=(1, 2)),
+    nn.Conv2d(2, 3, 3, dilation=2, padding="same"),
+    nn.Conv2d(2, 3, 1, stride=2, bias=False),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_input_columns_are_the_unfolded_patches(conv, channels_last):
+    """The strided-view patches equal F.unfold's, laid out (channel·kernel, example·location)."""
+    from baselines.kfac_layers import _conv_padding, input_columns
+
+    x = torch.randn(4, 2, 7, 6)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    unfolded = F.unfold(x, conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride)
+    expected = unfolded.permute(1, 0, 2).reshape(unfolded.shape[1], -1)
+    assert torch.equal(input_columns(conv, x), expected)

@@ -279,3 +279,28 @@ def test_exact_hvp_through_scaled_dot_product_attention():
         _, _, _, hs_fd, _ = PSGD(params, rng_seed=1)._finite_difference_pair(closure, params)
     exact, fd = torch.cat([h.reshape(-1) for h in hs_exact]), torch.cat([h.reshape(-1) for h in hs_fd])
     assert (exact - fd).norm() / exact.norm() < 0.05
+
+
+def test_xmat_loading_an_older_state_into_the_same_optimizer_resumes_exactly():
+    """Loading a state_dict replaces a and b; the cached diagonals of P must not survive it."""
+    x, y = _data()
+
+    def make():
+        model = _mlp()
+        return model, PSGD(model.parameters(), preconditioner="xmat", momentum=0.9, rng_seed=0,
+                           preconditioner_update_probability=0.5, exact_hessian_vector_product=False)
+
+    model, opt = make()
+    for _ in range(3):
+        opt.step(_protocol_closure(model, x, y, decay=0.0))
+    saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    for _ in range(3):
+        opt.step(_protocol_closure(model, x, y, decay=0.0))
+    model2, opt2 = make()
+    for m, o in ((model, opt), (model2, opt2)):
+        m.load_state_dict(saved[0])
+        o.load_state_dict(saved[1])
+        for _ in range(3):
+            o.step(_protocol_closure(m, x, y, decay=0.0))
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)

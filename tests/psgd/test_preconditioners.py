@@ -224,3 +224,16 @@ def test_kron_converges_to_kronecker_inverse():
     Q = kron.dense_q(state)
     H = torch.kron(B, A)
     assert torch.linalg.matrix_norm(Q.t() @ Q @ H - torch.eye(12, dtype=F64), 2) < 0.1
+
+
+def test_xmat_cached_coefficients_follow_changes_of_a_and_b():
+    """The cache of P's diagonals (kept between preconditioner updates) is refreshed when a or b changes in place
+    or is replaced, and its P·g is the dense QᵀQ·g."""
+    state, cache = _random_xmat(), xmat.Coefficients()
+    g = torch.randn(51, dtype=F64)
+    for change in (None, lambda s: s["a"].mul_(1.5), lambda s: s["b"].add_(0.1), lambda s: s.update(b=-s["b"])):
+        if change is not None:
+            change(state)
+        Q = xmat.dense_q(state)
+        torch.testing.assert_close(xmat.precondition(state, g, cache), Q.t() @ Q @ g, rtol=1e-12, atol=1e-12)
+    assert torch.equal(xmat.precondition(state, g, cache), xmat.precondition(state, g))
