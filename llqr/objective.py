@@ -8,7 +8,9 @@ and J = ½(gᵀu + uᵀ∂J/∂u), so each inner step needs only one product wit
 
 * ``gauss_newton`` / ``ngd``: M = Jᵀ H_out J with J = ∂output/∂θ. One ``torch.func.jvp`` (J u) and one call
   of a ``torch.func.vjp`` function cached per refit (Jᵀ·) per product — the whole-network shortcut of
-  spec §4.2 [E], identical to the authors' stage-wise JVP rollout + VJP sweep by the Theorem of §3.
+  spec §4.2 [E], identical to the authors' stage-wise JVP rollout + VJP sweep by the Theorem of §3. With a
+  ``linearization_cache`` (llqr/tangent.py, what LLQR passes), J u runs only the tangent half of a JVP traced
+  once per batch shape, as the authors' ``jax.linearize`` [C]: the same numbers, about half the time.
   - ``gauss_newton``: H_out = the Hessian of the batch-**mean** loss in the output (GGN of the mean loss).
   - ``ngd``: the authors' natural-gradient metric, the batch-**sum** Fisher Σ_n J_nᵀ(diag p_n − p_n p_nᵀ)J_n
     beside the batch-mean gradient g [C] (`ngd_divergence_f`, costate −p per sample, no 1/B; spec §2
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 DIVERGENCES = ("ngd", "gauss_newton", "newton")
 LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
@@ -82,16 +85,24 @@ class LQRObjective:
     """J(u) = gᵀu + ½uᵀ(M + λI)u for the parameters ``params`` of ``model`` on (inputs, targets).
 
     ``params`` must be parameters of ``model`` (other parameters are held fixed). ``g`` is the gradient of the
-    mean loss; ``grad_u(u)`` returns g + (M + λI)u; ``value(u)`` returns J(u).
+    mean loss; ``grad_u(u)`` returns g + (M + λI)u; ``value(u)`` returns J(u). ``linearization_cache``: a
+    ``llqr.tangent.LinearizationCache`` shared across refits (Gauss-Newton / NGD only), or None (eager JVPs).
     """
 
-    def __init__(self, model, params, loss, inputs, targets, divergence="ngd", damping=0.0):
+    def __init__(self, model, params, loss, inputs, targets, divergence="ngd", damping=0.0,
+                 linearization_cache=None):
         if divergence not in DIVERGENCES:
             raise ValueError(f"Invalid divergence: {divergence}. Must be one of {DIVERGENCES}.")
         self.model, self.loss, self.divergence, self.damping = model, loss, divergence, float(damping)
         self.inputs, self.targets = inputs, targets
         self.params = list(params)
-        self._names, self._fixed = _parameter_names(model, self.params)
+        self._names, fixed = _parameter_names(model, self.params)
+        buffers = dict(model.named_buffers())
+        self._fixed_names, self._buffer_names = list(fixed), list(buffers)
+        input_leaves, self._input_spec = tree_flatten(inputs)  # a tensor, or a tuple of them (seq2seq models)
+        # what the forward reads besides θ
+        self._rest = list(fixed.values()) + list(buffers.values()) + input_leaves
+        self._cache = linearization_cache
         self._rng = _RNGPin(self.params[0].device)
         self._theta = tuple(p.detach() for p in self.params)
         if divergence == "newton":
@@ -101,13 +112,20 @@ class LQRObjective:
 
     # -- forward ---------------------------------------------------------------------------------------------
     def _forward(self, theta):
-        tensors = {n: b.clone() for n, b in self.model.named_buffers()}  # BN running stats hit the clones [E]
-        tensors.update(self._fixed)
-        tensors.update(zip(self._names, theta))
         self._rng.reset()  # same dropout masks in every forward of this refit [E]
+        return self._forward_with(theta, self._rest)
+
+    def _forward_with(self, theta, rest):
+        """The model at parameters θ, reading the fixed parameters, buffers and inputs from ``rest``."""
+        n_fixed, n_buffers = len(self._fixed_names), len(self._buffer_names)
+        tensors = dict(zip(self._fixed_names, rest[:n_fixed]))
+        # BN running stats hit the clones [E]
+        tensors.update((n, b.clone()) for n, b in zip(self._buffer_names, rest[n_fixed:n_fixed + n_buffers]))
+        tensors.update(zip(self._names, theta))
         # The fused attention kernels have no forward-mode AD: refit forwards use the math SDPA kernel [E].
+        inputs = tree_unflatten(list(rest[n_fixed + n_buffers:]), self._input_spec)
         with sdpa_kernel([SDPBackend.MATH]):
-            return functional_call(self.model, tensors, (self.inputs,))
+            return functional_call(self.model, tensors, (inputs,))
 
     # -- Gauss-Newton / NGD: one JVP + one cached VJP per product ([E] spec §4.2 shortcut) -----------------
     def _setup_gauss_newton(self):
@@ -119,9 +137,17 @@ class LQRObjective:
             (dl_dout,) = torch.autograd.grad(loss, out)
         self.loss_value = loss.detach()
         self.g = list(self._vjp_fn(dl_dout)[0])
+        self._jvp_fn = None  # u ↦ J·u from the cached linearisation, when it reproduces the eager JVP [E]
+        if self._cache is not None and all(torch.is_tensor(t) for t in self._rest):
+            names = self._names + self._fixed_names + self._buffer_names
+            self._jvp_fn = self._cache.linearize(self._forward_with, list(self._theta) + self._rest,
+                                                 len(self._theta), self.model, names, self.output, self._rng.reset)
 
     def _gauss_newton_product(self, u):
-        _, ju = jvp(self._forward, (self._theta,), (tuple(u),))
+        if self._jvp_fn is not None:
+            ju = self._jvp_fn(tuple(u))
+        else:
+            _, ju = jvp(self._forward, (self._theta,), (tuple(u),))
         h_ju = output_hessian_product(self.loss, self.output, ju, batch_sum=self.divergence == "ngd")
         return list(self._vjp_fn(h_ju)[0])
 

@@ -9,6 +9,7 @@ from torch.optim.sgd import sgd as _sgd
 from llqr.objective import DIVERGENCES, LOSSES, LQRObjective
 from llqr.refit import Block, controls, fit_preconditioner, identity_efficiency
 from llqr.structures import STRUCTURES, make_structure
+from llqr.tangent import LinearizationCache
 
 BASES = ("sgd", "adam", "adamw")
 MODES = ("paper", "engineered")
@@ -43,6 +44,11 @@ class LLQR(torch.optim.Optimizer):
     ``refit_acceptance`` (keep a refit only if it lowers J on its batch), ``reuse_diagnostic`` (log, before each
     refit, the model-decrease efficiency of the stale U over that of U = I; > 1 means U helps).
 
+    ``cached_linearization`` (default on) traces the refit forward's JVP once per batch shape and reuses its
+    tangent half at every inner step, as the authors' ``jax.linearize`` [C]; the products are those of the eager
+    ``torch.func.jvp`` to the bit, and the eager path is used whenever the trace does not reproduce them
+    (llqr/tangent.py) [E]. The first refit of each shape pays the trace (seconds).
+
     Refit batches come from ``sample_batch(precond_batch_size)`` when given (the training loop's protocol),
     else from the closure's batch (``closure.inputs``, ``closure.targets``, first ``precond_batch_size`` rows).
     A refit runs the model in its current mode through ``torch.func.functional_call`` with cloned buffers
@@ -65,7 +71,7 @@ class LLQR(torch.optim.Optimizer):
                  update_preconditioner_until=None, precond_steps=50, precond_batch_size=None, precond_lr=1e-3,
                  precond_clip=5.0, precond_momentum=0.9, ema_decay=0.0, damping=0.0, warm_start=True,
                  max_factor_dim=4096, mode="paper", scale_free=None, refit_acceptance=None,
-                 reuse_diagnostic=None, verbose=True):
+                 reuse_diagnostic=None, cached_linearization=True, verbose=True):
         _validate(lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay, base=base,
                   loss=loss, block_structure=block_structure, divergence=divergence,
                   update_preconditioner_every=update_preconditioner_every, precond_steps=precond_steps,
@@ -87,6 +93,7 @@ class LLQR(torch.optim.Optimizer):
         self.refit_acceptance = engineered if refit_acceptance is None else bool(refit_acceptance)
         self.reuse_diagnostic = engineered if reuse_diagnostic is None else bool(reuse_diagnostic)
         self._params = [p for g in self.param_groups for p in g["params"]]
+        self._linearization_cache = LinearizationCache() if cached_linearization else None
         self._blocks = _build_blocks(model, self._params, block_structure, max_factor_dim)
         for block in self._blocks:
             first = self._params[block.index[0]]
@@ -134,7 +141,8 @@ class LLQR(torch.optim.Optimizer):
         group = self.param_groups[0]
         device = self._params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            objective = LQRObjective(model, self._params, self.loss, inputs, targets, self.divergence, self.damping)
+            objective = LQRObjective(model, self._params, self.loss, inputs, targets, self.divergence, self.damping,
+                                     linearization_cache=self._linearization_cache)
             old = self.preconditioner_factors()
             start = old if self.warm_start else [b.structure.identity(device, self._params[b.index[0]].dtype)
                                                  for b in self._blocks]

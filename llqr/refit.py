@@ -45,11 +45,12 @@ def controls(blocks, factors, d):
     return u
 
 
-def _clip_leaf(grad, clip):
-    # optax-style: g · clip / max(clip, ‖g‖)  [C] `clip_by_group_norm`
-    if clip is None or clip <= 0:
-        return grad
-    return grad * (clip / torch.clamp(torch.linalg.vector_norm(grad), min=clip))
+def _clip_leaves(grads, clip):
+    """optax-style per-leaf clip: g · clip / max(clip, ‖g‖)  [C] `clip_by_group_norm` (one foreach product)."""
+    if clip is None or clip <= 0 or not grads:
+        return grads
+    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+    return torch._foreach_mul(grads, list((clip / torch.clamp(norms, min=clip)).unbind()))
 
 
 def largest_eigenvalue(objective, like, iters=20, seed=0):
@@ -71,8 +72,9 @@ def fit_preconditioner(blocks, factors, objective, steps, lr, clip, momentum=0.9
     """Run the inner loop from ``factors`` (warm start) and return φ_T (the inputs are not modified)."""
     d = [-g for g in objective.g]  # d = −g [C]
     phi = [{k: t.clone() for k, t in f.items()} for f in factors]
-    bufs = [{} for _ in blocks]  # momentum state re-initialised at every refit [C]
-    scale = 1.0
+    leaves = [(b, key) for b, f in enumerate(phi) for key in f]  # every factor array, in a fixed order
+    bufs = None  # momentum state re-initialised at every refit [C]
+    scale = None
     if scale_free:  # [E] spec §4.6: gradient / (λ_max(M+λI)·‖d‖²)
         d_sq = sum((x * x).sum() for x in d)
         scale = 1.0 / torch.clamp(largest_eigenvalue(objective, d) * d_sq, min=torch.finfo(d[0].dtype).tiny)
@@ -84,13 +86,19 @@ def fit_preconditioner(blocks, factors, objective, steps, lr, clip, momentum=0.9
             result.J.append(float(objective.value(u, gamma)))
         if step == 0:
             result.efficiency = _efficiency(objective, u, gamma)
-        for block, f, buf in zip(blocks, phi, bufs):
-            grads = block.structure.pullback(f, [d[i] for i in block.index], [gamma[i] for i in block.index])
-            for key, grad in grads.items():
-                grad = torch.nan_to_num(grad * scale, nan=0.0, posinf=1.0, neginf=-1.0)  # [C]
-                grad = _clip_leaf(grad, clip)  # per-leaf clip, before momentum [C]
-                buf[key] = grad if key not in buf else buf[key].mul_(momentum).add_(grad)  # optax trace [C]
-                f[key] = f[key] - lr * buf[key]
+        pulled = [block.structure.pullback(f, [d[i] for i in block.index], [gamma[i] for i in block.index])
+                  for block, f in zip(blocks, phi)]
+        grads = [pulled[b][key] if scale is None else pulled[b][key] * scale for b, key in leaves]
+        grads = [torch.nan_to_num(g, nan=0.0, posinf=1.0, neginf=-1.0) for g in grads]  # [C]
+        grads = _clip_leaves(grads, clip)  # per-leaf clip, before momentum [C]
+        if bufs is None:
+            bufs = grads
+        else:  # optax trace: m ← g + momentum·m [C]
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+        new = torch._foreach_sub([phi[b][key] for b, key in leaves], torch._foreach_mul(bufs, lr))
+        for (b, key), value in zip(leaves, new):
+            phi[b][key] = value
     result.factors = [{k: torch.nan_to_num(t) for k, t in f.items()} for f in phi]  # [C]
     if record or final_value:
         result.J.append(float(objective.value(controls(blocks, result.factors, d))))

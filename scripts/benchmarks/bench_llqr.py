@@ -8,45 +8,69 @@ refits, one refit (``precond_steps`` inner steps on a batch of the training batc
 
 is printed for each refit period T. Goal (issue 5 §5): ratio ≤ 1.15 at T = 250.
 
-    python -m scripts.benchmarks.bench_llqr [--device cpu] [--problems resnet gpt] [--steps 20]
+On a shared machine the base optimizer and the LLQR variants are timed in interleaved rounds and each figure is
+the minimum over ``--rounds`` (the least-disturbed measurement); ``--clock cpu`` times process CPU seconds instead
+of wall seconds (with OMP_NUM_THREADS=1 this is insensitive to other jobs' load). "step-0 ms" is the first step:
+its refit also traces the cached linearisation (llqr/tangent.py), which is paid once per batch shape.
+
+    OMP_NUM_THREADS=1 python -m scripts.benchmarks.bench_llqr [--device cpu] [--problems resnet gpt] [--clock cpu]
 """
 import time
 
 import torch
 
 from llqr import LLQR
-from scripts.benchmarks.common import default_parser, make_closure, make_problem, time_per_step
+from scripts.benchmarks.common import default_parser, make_closure, make_problem
 
 
-def _time_refit(opt, inputs, targets, repeats, device):
-    opt.refit(inputs, targets)  # warm-up
+def _clock(kind, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    return time.process_time() if kind == "cpu" else time.perf_counter()
+
+
+def _time_ms(fn, repeats, clock, device, warmup=0):
+    for _ in range(warmup):  # untimed: memory released by the previous block (a refit) is mapped again
+        fn()
+    start = _clock(clock, device)
     for _ in range(repeats):
-        opt.refit(inputs, targets)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 1000.0 * (time.perf_counter() - start) / repeats
+        fn()
+    return 1000.0 * (_clock(clock, device) - start) / repeats
+
+
+def _make_llqr(name, structure, args, device):
+    model, inputs, targets, loss = make_problem(name, device, batch_size=args.batch_size)
+    closure = make_closure(model, inputs, targets)
+    opt = LLQR(model.parameters(), model=model, loss=loss, lr=1e-3, momentum=0.9, block_structure=structure,
+               divergence=args.divergence, update_preconditioner_every=10 ** 9, precond_steps=args.inner_steps,
+               verbose=False)
+    first_refit = _time_ms(lambda: opt.step(closure), 1, args.clock, device)  # step 0 refits (and traces)
+    for _ in range(args.warmup):
+        opt.step(closure)
+    return dict(opt=opt, closure=closure, inputs=inputs, targets=targets, first=first_refit, step=[], refit=[])
 
 
 def bench_problem(name, args, device):
     model, inputs, targets, loss = make_problem(name, device, batch_size=args.batch_size)
     closure = make_closure(model, inputs, targets)
     base = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    base_ms = time_per_step(lambda: base.step(closure), args.steps, args.warmup, device)
-    rows = []
-    for structure in args.structures:
-        model, inputs, targets, loss = make_problem(name, device, batch_size=args.batch_size)
-        closure = make_closure(model, inputs, targets)
-        opt = LLQR(model.parameters(), model=model, loss=loss, lr=1e-3, momentum=0.9, block_structure=structure,
-                   divergence=args.divergence, update_preconditioner_every=10 ** 9, precond_steps=args.inner_steps,
-                   verbose=False)
-        step_ms = time_per_step(lambda: opt.step(closure), args.steps, args.warmup, device)  # step 0 refits (warmup)
-        refit_ms = _time_refit(opt, inputs, targets, args.refit_repeats, device)
+    for _ in range(args.warmup):
+        base.step(closure)
+    runs = {structure: _make_llqr(name, structure, args, device) for structure in args.structures}
+    base_times = []
+    for _ in range(args.rounds):  # interleaved rounds: base, then each LLQR's steps and one refit
+        base_times.append(_time_ms(lambda: base.step(closure), args.steps, args.clock, device, args.warmup))
+        for run in runs.values():
+            opt, cl = run["opt"], run["closure"]
+            run["step"].append(_time_ms(lambda: opt.step(cl), args.steps, args.clock, device, args.warmup))
+            run["refit"].append(_time_ms(lambda: opt.refit(run["inputs"], run["targets"]), 1, args.clock, device))
+    base_ms, rows = min(base_times), []
+    for structure, run in runs.items():
+        step_ms, refit_ms = min(run["step"]), min(run["refit"])
         for period in args.periods:
             amortised = step_ms + refit_ms / period
-            rows.append((name, structure, period, base_ms, step_ms, refit_ms, amortised, amortised / base_ms))
+            rows.append((name, structure, period, base_ms, step_ms, refit_ms, run["first"], amortised,
+                         amortised / base_ms))
     return rows
 
 
@@ -58,16 +82,19 @@ def main():
     parser.add_argument("--inner-steps", type=int, default=50)
     parser.add_argument("--divergence", default="ngd")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--refit-repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (minimum reported)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"LLQR overhead, device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, "
-          f"batch {args.batch_size}, {args.inner_steps} inner steps, divergence={args.divergence}")
-    header = ("problem", "U", "T", "base ms/step", "LLQR ms/step", "ms/refit", "amortised ms/step", "ratio")
+          f"batch {args.batch_size}, {args.inner_steps} inner steps, divergence={args.divergence}, clock={args.clock}, "
+          f"min of {args.rounds} rounds")
+    header = ("problem", "U", "T", "base ms/step", "LLQR ms/step", "ms/refit", "step-0 ms (refit+trace)",
+              "amortised ms/step", "ratio")
     print(" | ".join(header))
     for name in args.problems:
         for row in bench_problem(name, args, device):
-            print(" | ".join([row[0], row[1], str(row[2])] + [f"{v:.2f}" for v in row[3:7]] + [f"{row[7]:.3f}x"]))
+            print(" | ".join([row[0], row[1], str(row[2])] + [f"{v:.2f}" for v in row[3:8]] + [f"{row[8]:.3f}x"]))
 
 
 if __name__ == "__main__":
