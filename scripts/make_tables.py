@@ -2,7 +2,7 @@
 the difference and the scale the runs used. Reads only results/runs/ and results/paper/; never trains.
 
     python -m scripts.make_tables [--runs results/runs] [--paper results/paper] [--out results/tables]
-                                  [--figures results/figures] [--curves RUN_DIR ...]
+                                  [--figures results/figures] [--curves RUN_DIR ... [--curves-name NAME.png]]
 """
 
 import argparse
@@ -59,11 +59,12 @@ def main(argv=None):
     parser.add_argument("--out", default="results/tables")
     parser.add_argument("--figures", default="results/figures")
     parser.add_argument("--curves", nargs="*", default=[], help="run directories with metrics.jsonl to plot")
+    parser.add_argument("--curves-name", default="curves.png", help="file name of the --curves figure in --figures")
     args = parser.parse_args(argv)
     counts = make_tables(args.runs, args.paper, args.out, args.figures)
     if args.curves:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
-        curves_figure(Path(args.figures) / "curves.png", args.curves)
+        curves_figure(Path(args.figures) / args.curves_name, args.curves)
     for name, (_, cells, with_runs) in counts.items():
         print(f"{name}: {with_runs}/{cells} cells with runs")
     print(f"wrote {len(counts)} tables to {args.out}")
