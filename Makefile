@@ -40,5 +40,5 @@ clean:  ## Remove Hydra outputs and caches (keeps .venv and results/)
 sweep: install  ## Submit slurm/sweeps/$(SWEEP).yaml (DRY_RUN=1 lists the jobs; EXECUTOR=local runs them here)
 	$(PY) -m scripts.sweep $(SWEEP) --executor $(or $(EXECUTOR),slurm) $(if $(DRY_RUN),--dry-run,)
 
-collect: install  ## Copy finished runs' summaries from $(RUNS) (default outputs/sweeps) into results/runs/
-	$(PY) -m scripts.collect_runs $(or $(RUNS),outputs/sweeps)
+collect: install  ## Copy finished runs (summary, config, metrics, command) from $(RUNS) (default outputs/sweeps) into results/runs/
+	$(PY) -m scripts.collect_runs $(or $(RUNS),outputs/sweeps) --with-metrics
