@@ -88,6 +88,13 @@ def train(cfg, run_dir):
         return checkpoints.save(step, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                        "rng": rng_state(), "sample_generator": run.sample_generator.get_state(), "best": best})
 
+    def write_summary(stopped, **extra):
+        summary = {**make_summary(cfg, run, best, step, stopped, last_loss, train_time / max(step - start_step, 1),
+                                  device), **extra}
+        if ranks.is_main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
     if ranks.is_main:
         print(f"{cfg.model.name} on {cfg.dataset.name} with {cfg.optimizer._target_}: {run.total_steps} steps on {device}"
               + (f" x {ranks.world_size} processes" if ranks.active else ""))
@@ -98,10 +105,7 @@ def train(cfg, run_dir):
             started = time.perf_counter()
             last_loss = ranks.mean(train_step(run, step, ranks, trainer))
             if not math.isfinite(last_loss):  # record the divergence (a success-rate table counts it) and stop
-                summary = make_summary(cfg, run, best, step, "non_finite_loss", last_loss,
-                                       train_time / max(step - start_step, 1), device)
-                if ranks.is_main:
-                    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                write_summary("non_finite_loss")
                 raise NonFiniteLossError(
                     f"the loss is {last_loss} at step {step}; training stopped. Last good checkpoint: "
                     f"{last_checkpoint or 'none written yet'}. Lower the learning rate or set trainer.grad_clip.")
@@ -135,11 +139,8 @@ def train(cfg, run_dir):
     if extra:
         best.setdefault("last", {}).update(extra)
         loggers.log({"step": step, **extra})
-    summary = make_summary(cfg, run, best, step, stopped, last_loss, train_time / max(step - start_step, 1), device)
-    if ranks.active:
-        summary.update(world_size=ranks.world_size, ranks_agree=ranks.parameters_agree(run.model))
-    if ranks.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    agreement = dict(world_size=ranks.world_size, ranks_agree=ranks.parameters_agree(run.model)) if ranks.active else {}
+    summary = write_summary(stopped, **agreement)
     loggers.close(summary)
     ranks.close()
     return summary

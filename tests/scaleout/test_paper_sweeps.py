@@ -33,7 +33,6 @@ MAPPINGS = {
 }
 # Mappings that select runs under other names than the presets the sweeps use (the lead updates these mappings);
 # strict: once a mapping is fixed the test passes and the mark must go.
-PENDING = {}  # mapping -> reason, for a mapping that does not yet select the runs its sweep makes
 EXPECTED_JOBS = {"psgd_e5": 50, "psgd_table8": 2 * 4 * 7 * 10, "psgd_fig1_ppo": 2 * 4 * 3, "psgd_table2": 4 * 2 * 16,
                  "demo_grid": 4}
 _BUILT = {}
@@ -128,8 +127,7 @@ def _runnable(cell):
             and (optimizer is None or (CONFIGS / "optimizer" / f"{optimizer}.yaml").is_file()))
 
 
-@pytest.mark.parametrize("mapping", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=PENDING[m]))
-                                     if m in PENDING else m for m in MAPPINGS])
+@pytest.mark.parametrize("mapping", list(MAPPINGS))
 def test_sweeps_fill_their_table(mapping):
     spec = load_spec(PAPER / f"{mapping}.yaml")
     runs = _jobs_as_runs(MAPPINGS[mapping])
