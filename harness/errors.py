@@ -9,6 +9,10 @@ class ConfigError(UserError):
     """An invalid config value. The message names the key, the value and what is allowed."""
 
 
+class UnsupportedLossError(ConfigError):
+    """The optimizer needs the output curvature of a loss kind the model's loss is not (its `supported_losses`)."""
+
+
 class DataNotFoundError(UserError):
     """A dataset is not on disk and cannot be downloaded. The message says where we looked and how to fix it."""
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UnsupportedLossError
 
 IGNORE_INDEX = -100  # integer targets that do not count in a loss or a metric (padding); F.cross_entropy's default
 
@@ -211,9 +211,14 @@ def build_optimizer(cfg, model, loss_kind, sample_batch):
     """Instantiate `cfg` (a `_target_` config) with the protocol keywords its constructor accepts.
 
     `optimizer.weight_decay_on` (ours, not the optimizer's) picks the parameters `weight_decay` applies to; see
-    `parameter_groups`."""
+    `parameter_groups`. An optimizer class with a `supported_losses` attribute (LLQR: the losses whose output
+    curvature it knows) refuses any other loss kind with `UnsupportedLossError`."""
     target = hydra.utils.get_class(cfg["_target_"])
     _validate_step_sizes(cfg)
+    supported = getattr(target, "supported_losses", None)
+    if supported is not None and loss_kind not in supported:
+        raise UnsupportedLossError(f"optimizer {cfg['_target_']} needs the output curvature of a {' / '.join(supported)} "
+                                   f"loss; this model's loss kind is {loss_kind!r}")
     decay_on = cfg.get("weight_decay_on", "all")
     if "weight_decay_on" in cfg:
         cfg = _without(cfg, "weight_decay_on")

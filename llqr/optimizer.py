@@ -65,6 +65,8 @@ class LLQR(torch.optim.Optimizer):
             opt.step(closure)
     """
 
+    supported_losses = LOSSES  # the loss kinds whose output curvature a refit uses (the training loop checks it)
+
     def __init__(self, params, model=None, loss="cross_entropy", sample_batch=None, base="sgd", lr=0.1,
                  momentum=0.9, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, wd_exclude_norm_and_bias=False,
                  block_structure="diagonal", divergence="ngd", update_preconditioner_every=1000,

@@ -30,8 +30,9 @@ RESOURCE_KEYS = {"timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb", "nod
 
 
 def load_sweep(name):
-    """Read and validate slurm/sweeps/<name>.yaml; errors name the file and the key."""
-    path = SWEEPS / f"{name}.yaml"
+    """Read and validate slurm/sweeps/<name>.yaml (or a sweep file's path); errors name the file and the key."""
+    name = str(name)
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no sweep {name!r}: {path} does not exist; choose one of {sorted(p.stem for p in SWEEPS.glob('*.yaml'))}")
     try:
@@ -146,7 +147,7 @@ def make_executor(kind, folder, resources, partition, account):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep")
+    parser.add_argument("sweep", help="a name in slurm/sweeps (psgd_table1) or the path of a sweep file")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and submit nothing")
     parser.add_argument("--executor", choices=["slurm", "local"], default="slurm")
     parser.add_argument("--runs", default="outputs/sweeps", help="where run directories go")
@@ -156,8 +157,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     spec = load_sweep(args.sweep)
     jobs = list(jobs_of(spec))
-    root = Path(args.runs).resolve() / args.sweep
-    print(f"sweep {args.sweep}: {len(jobs)} jobs; run directories under {root}")
+    sweep_name = Path(args.sweep).stem  # a name, or a path to a sweep file
+    root = Path(args.runs).resolve() / sweep_name
+    print(f"sweep {sweep_name}: {len(jobs)} jobs; run directories under {root}")
     if args.dry_run:
         for name, overrides in jobs:
             print("  python train.py " + " ".join(map(shlex.quote, [*overrides, f'hydra.run.dir="{root / name}"'])))

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.checkpoint import CheckpointManager, rng_state, set_rng_state
-from harness.errors import ConfigError, NonFiniteLossError
+from harness.errors import ConfigError, NonFiniteLossError, UnsupportedLossError
 from harness.loggers import Loggers
 from harness.loop import configure_determinism, resolve_device
 from harness.preemption import PreemptionGuard
@@ -58,9 +58,7 @@ class Agent:
         # the critic regresses the returns (loss kind "mse"), so Gauss-Newton methods see its output curvature.
         try:
             self.actor_optimizer = build_optimizer(actor_cfg, self.surrogate, "objective", self.sample_batch(actor=True))
-        except ConfigError as error:
-            if "objective" not in str(error):
-                raise
+        except UnsupportedLossError as error:
             raise ConfigError(f"{error} -- the PPO actor's clipped surrogate is a plain objective with no output "
                               "curvature, which this optimizer needs; use it for the critic only, e.g. optimizer=adamw "
                               "+optimizer@task.critic_optimizer=llqr") from error

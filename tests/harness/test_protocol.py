@@ -1,5 +1,6 @@
 """The second-order protocol: closures that recompute the loss, keywords the constructor receives."""
 
+import pytest
 import torch
 
 from harness.protocol import LossClosure, build_optimizer, loss_function
@@ -66,6 +67,16 @@ def test_torch_optimizers_get_only_the_keywords_they_accept():
     assert isinstance(optimizer, torch.optim.SGD)
     probe = build_optimizer({"_target_": "tests.harness.test_protocol.DoubleBackwardProbe"}, model, "mse", lambda n: "batch")
     assert probe.model is model and probe.loss_kind == "mse" and probe.sample_batch(1) == "batch"
+
+
+def test_an_optimizer_refuses_a_loss_kind_it_has_no_curvature_for():
+    from harness.errors import UnsupportedLossError
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(UnsupportedLossError, match=r"optimizer llqr.LLQR needs the output curvature of a "
+                                                  r"cross_entropy / mse / binary_cross_entropy loss; this model's "
+                                                  r"loss kind is 'objective'"):
+        build_optimizer({"_target_": "llqr.LLQR", "verbose": False}, model, "objective", lambda n: None)
+    assert build_optimizer({"_target_": "llqr.LLQR", "verbose": False}, model, "mse", lambda n: None).loss == "mse"
 
 
 def test_grad_clip_is_applied_in_the_closure():

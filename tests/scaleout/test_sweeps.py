@@ -19,6 +19,9 @@ def test_dry_run_lists_the_jobs(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "python train.py" in line]
     assert len(lines) == 4
     assert "optimizer=sgd seed=0 experiment=demo_xor" in lines[0] and "optimizer=adamw seed=1" in lines[3]
+    assert main([str(REPO_ROOT / "slurm" / "sweeps" / "demo_grid.yaml"), "--dry-run"]) == []  # a path works too
+    by_path = capsys.readouterr().out
+    assert by_path.startswith("sweep demo_grid: 4 jobs") and lines[0] in by_path
 
 
 def test_malformed_sweep_names_file_and_key(tmp_path, monkeypatch):
