@@ -1,5 +1,7 @@
 """Small models and a closure that follows the training-loop protocol (harness/protocol.py), for the tests."""
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +27,36 @@ def protocol_closure(model, inputs, targets, loss="cross_entropy"):
 
     closure.inputs, closure.targets, closure.model = inputs, targets, model
     return closure
+
+
+def training_losses(model, optimizer, inputs, targets, steps):
+    """The loss returned by each of `steps` optimizer steps on one fixed batch."""
+    closure = protocol_closure(model, inputs, targets)
+    return [optimizer.step(closure).item() for _ in range(steps)]
+
+
+def assert_resumes_exactly(make_optimizer, seed=4):
+    """A SmallCNN trained 4 steps, saved (model and optimizer state_dict), trained 5 more; a fresh model and
+    optimizer loaded from the save and trained on the same 5 batches must end at bit-identical parameters."""
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    batches = [(torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))) for _ in range(9)]
+
+    def train(model, optimizer, batches):
+        for x, y in batches:
+            optimizer.step(protocol_closure(model, x, y))
+
+    optimizer = make_optimizer(model)
+    train(model, optimizer, batches[:4])
+    saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    train(model, optimizer, batches[4:])
+    resumed = SmallCNN()
+    resumed.load_state_dict(saved_model)
+    resumed_optimizer = make_optimizer(resumed)
+    resumed_optimizer.load_state_dict(saved_optimizer)
+    train(resumed, resumed_optimizer, batches[4:])
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
 
 
 class SmallCNN(nn.Module):

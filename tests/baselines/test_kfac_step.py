@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines import KFAC
-from tests.baselines.helpers import LinearCellRNN, SmallCNN, delayed_xor_batch, protocol_closure
+from tests.baselines.helpers import (LinearCellRNN, SmallCNN, assert_resumes_exactly, delayed_xor_batch,
+                                    protocol_closure, training_losses)
 
 
 @pytest.fixture
@@ -105,28 +106,9 @@ def test_kl_clip_scales_the_step_so_the_quadratic_kl_equals_kappa():
     assert abs(nu**2 * vg.item() - kappa) < 1e-4 * kappa  # the quadratic KL η²ν²⟨V', V⟩ of the step is κ
 
 
-def _run(model, opt, batches):
-    for x, y in batches:
-        opt.step(protocol_closure(model, x, y))
-
-
 def test_state_dict_resumes_exactly():
-    torch.manual_seed(4)
-    model = SmallCNN()
-    batches = [(torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))) for _ in range(9)]
     kwargs = dict(lr=0.05, factor_update_freq=2, inv_update_freq=3, weight_decay=1e-3, verbose=False)
-    opt = KFAC(model.parameters(), model=model, **kwargs)
-    _run(model, opt, batches[:4])
-    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    _run(model, opt, batches[4:])
-
-    resumed = SmallCNN()
-    resumed.load_state_dict(saved_model)
-    opt2 = KFAC(resumed.parameters(), model=resumed, **kwargs)
-    opt2.load_state_dict(saved_opt)
-    _run(resumed, opt2, batches[4:])
-    for p, q in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+    assert_resumes_exactly(lambda model: KFAC(model.parameters(), model=model, **kwargs))
 
 
 @pytest.mark.parametrize(
@@ -169,8 +151,7 @@ def test_trains_a_small_cnn():
     model = SmallCNN()
     x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,))
     opt = KFAC(model.parameters(), model=model, lr=0.1, damping=3e-2, inv_update_freq=5, verbose=False)
-    closure = protocol_closure(model, x, y)
-    losses = [opt.step(closure).item() for _ in range(20)]
+    losses = training_losses(model, opt, x, y, 20)
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -179,8 +160,7 @@ def test_trains_a_linear_cell_rnn_on_delayed_xor():
     model = LinearCellRNN(vocab=2, embed=4, hidden=16, classes=2)
     tokens, targets = delayed_xor_batch(32, 8, delay=1)
     opt = KFAC(model.parameters(), model=model, lr=0.3, damping=3e-2, inv_update_freq=5, verbose=False)
-    closure = protocol_closure(model, tokens, targets)
-    losses = [opt.step(closure).item() for _ in range(30)]
+    losses = training_losses(model, opt, tokens, targets, 30)
     assert losses[-1] < 0.8 * losses[0]
 
 

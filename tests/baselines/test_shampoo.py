@@ -1,15 +1,13 @@
 """Shampoo against AdaGrad (torch.optim and the dense full-matrix form), the dense Kronecker formula computed with
 scipy, the grafting methods' step norms (torch.optim), blocking shapes, resuming, validation and training."""
 
-import copy
-
 import pytest
 import scipy.linalg
 import torch
 
 from baselines import Shampoo
 from baselines.shampoo_blocks import block_slices, inverse_root, merge_small_dims
-from tests.baselines.helpers import LinearCellRNN, SmallCNN, delayed_xor_batch, protocol_closure
+from tests.baselines.helpers import LinearCellRNN, SmallCNN, assert_resumes_exactly, delayed_xor_batch, training_losses
 
 
 def _gradients(shape, steps, seed):
@@ -123,28 +121,10 @@ def test_inverse_root_retries_in_float64(monkeypatch):
     torch.testing.assert_close(root, torch.diag(torch.tensor([0.5, 1.0 / 3.0])))
 
 
-def _train_steps(model, opt, batches):
-    for x, y in batches:
-        opt.step(protocol_closure(model, x, y))
-
-
 def test_state_dict_resumes_exactly():
-    torch.manual_seed(4)
-    model = SmallCNN()
-    batches = [(torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))) for _ in range(9)]
     kwargs = dict(lr=0.01, betas=(0.9, 0.999), grafting="adam", precondition_frequency=3, max_preconditioner_dim=16,
                   weight_decay=1e-3, momentum=0.5)
-    opt = Shampoo(model.parameters(), **kwargs)
-    _train_steps(model, opt, batches[:4])
-    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    _train_steps(model, opt, batches[4:])
-    resumed = SmallCNN()
-    resumed.load_state_dict(saved_model)
-    opt2 = Shampoo(resumed.parameters(), **kwargs)
-    opt2.load_state_dict(saved_opt)
-    _train_steps(resumed, opt2, batches[4:])
-    for p, q in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+    assert_resumes_exactly(lambda model: Shampoo(model.parameters(), **kwargs))
 
 
 @pytest.mark.parametrize(
@@ -172,8 +152,7 @@ def test_trains_a_small_cnn():
     model = SmallCNN()
     x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,))
     opt = Shampoo(model.parameters(), lr=0.03, betas=(0.9, 0.999), grafting="adam", precondition_frequency=5)
-    closure = protocol_closure(model, x, y)
-    losses = [opt.step(closure).item() for _ in range(20)]
+    losses = training_losses(model, opt, x, y, 20)
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -182,6 +161,5 @@ def test_trains_a_linear_cell_rnn_on_delayed_xor():
     model = LinearCellRNN(vocab=2, embed=4, hidden=16, classes=2)
     tokens, targets = delayed_xor_batch(32, 8, delay=1)
     opt = Shampoo(model.parameters(), lr=0.02, betas=(0.9, 0.999), grafting="adam", precondition_frequency=5)
-    closure = protocol_closure(model, tokens, targets)
-    losses = [opt.step(closure).item() for _ in range(30)]
+    losses = training_losses(model, opt, tokens, targets, 30)
     assert losses[-1] < 0.8 * losses[0]
