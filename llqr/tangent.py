@@ -16,6 +16,13 @@ flow on tensor values) falls back with a warning; at trace time J·u of a random
 exactly; at every refit the primal graph's output must equal the eager forward's exactly (Python state that
 changes the forward between refits falls back). A tangent-pass op that writes into a primal value makes the trace
 unusable (it would corrupt the next product) and falls back too.
+
+``compile=True`` [E] also hands the tangent graph to ``torch.compile`` (inductor), which fuses the JVP's
+elementwise ops (LayerNorm, softmax and bias tangents are most of a transformer's tangent pass on CPU: measured
+2x faster on the benchmark GPT, little change on the ResNet). Fused kernels round differently, so J·u then matches
+the eager JVP to a tolerance (checked at trace time: relative 1e-4 of the largest entry), not to the bit, and the
+first refit of each shape pays the compilation (tens of seconds on CPU). If compilation fails the exact traced
+graph is used, with a warning.
 """
 from __future__ import annotations
 
@@ -96,8 +103,8 @@ def split_tangent_graph(gm: GraphModule, n_primal: int):
 class LinearizationCache:
     """Traced primal/tangent graphs of a refit forward, one per signature (at most ``max_entries``) [E]."""
 
-    def __init__(self, max_entries: int = 4):
-        self.max_entries = max_entries
+    def __init__(self, max_entries: int = 4, compile: bool = False):
+        self.max_entries, self.compile = max_entries, bool(compile)
         self.entries: OrderedDict = OrderedDict()
         self.used = self.fallbacks = 0  # refits served by a trace / by the eager JVP
 
@@ -128,8 +135,7 @@ class LinearizationCache:
         self.used += 1
         return lambda u: tangent_gm(*boundary, *u)
 
-    @staticmethod
-    def _trace(forward, primals, n_theta, reset_rng):
+    def _trace(self, forward, primals, n_theta, reset_rng):
         def traced(*args):
             theta, rest, tangents = args[:n_theta], args[n_theta:len(primals)], args[len(primals):]
             return jvp(lambda th: forward(th, rest), (theta,), (tangents,))
@@ -152,4 +158,22 @@ class LinearizationCache:
         boundary, _ = graphs[0](*primals)
         if not torch.equal(graphs[1](*boundary, *probe), expected):
             return _FAILED
+        if self.compile:
+            return graphs[0], _compiled(graphs[1], boundary, probe, expected)
         return graphs
+
+
+def _compiled(tangent_gm, boundary, probe, expected, rtol=1e-4):
+    """``torch.compile`` of the tangent graph if it reproduces the eager J·u to ``rtol`` of its largest entry."""
+    try:
+        compiled = torch.compile(tangent_gm, dynamic=False, fullgraph=True)
+        error = (compiled(*boundary, *probe) - expected).abs().max()
+    except Exception as err:  # e.g. no C++ compiler for inductor's CPU kernels
+        warnings.warn(f"LLQR: compiling the tangent graph failed ({type(err).__name__}: {err}); using the traced "
+                      "graph uncompiled.", stacklevel=5)
+        return tangent_gm
+    if not error <= rtol * expected.abs().max():
+        warnings.warn(f"LLQR: the compiled tangent graph is off by {float(error):.3g}; using it uncompiled.",
+                      stacklevel=5)
+        return tangent_gm
+    return compiled

@@ -30,8 +30,9 @@ def make_tables(runs_dir, paper_dir, out_dir, figures_dir=None):
         if figures_dir and spec.metric.get("kind") == "success_rate":
             Path(figures_dir).mkdir(parents=True, exist_ok=True)
             success_rate_figure(Path(figures_dir) / f"{spec.name}.png", spec, frame)
-        with_runs = int((frame["ours (mean ± std)"] != NO_RUNS).sum())
-        counts[spec.name] = (spec.title, len(frame), with_runs)
+        cells = frame.iloc[:, :2].apply(tuple, axis=1)  # (row, column); a cell has a line per scale it was run at
+        with_runs = cells[frame["ours (mean ± std)"] != NO_RUNS].nunique()
+        counts[spec.name] = (spec.title, cells.nunique(), int(with_runs))
     write_index(out / "README.md", counts, len(runs))
     return counts
 

@@ -16,6 +16,7 @@ its refit also traces the cached linearisation (llqr/tangent.py), which is paid 
 
     OMP_NUM_THREADS=1 python -m scripts.benchmarks.bench_llqr [--device cpu] [--problems resnet gpt] [--clock cpu]
         [--batch-size 128 --precond-batch-size 64]      # the CIFAR preset's ratio of refit to training batch
+        [--compile-tangent]                              # LLQR(cached_linearization="compiled")
 """
 import time
 
@@ -45,7 +46,8 @@ def _make_llqr(name, structure, args, device):
     closure = make_closure(model, inputs, targets)
     opt = LLQR(model.parameters(), model=model, loss=loss, lr=1e-3, momentum=0.9, block_structure=structure,
                divergence=args.divergence, update_preconditioner_every=10 ** 9, precond_steps=args.inner_steps,
-               precond_batch_size=args.precond_batch_size, verbose=False)
+               precond_batch_size=args.precond_batch_size,
+               cached_linearization="compiled" if args.compile_tangent else True, verbose=False)
     refit_rows = args.precond_batch_size or args.batch_size  # what the optimizer's own refits use (its docstring)
     inputs, targets = inputs[:refit_rows], targets[:refit_rows]
     first_refit = _time_ms(lambda: opt.step(closure), 1, args.clock, device)  # step 0 refits (and traces)
@@ -88,13 +90,16 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precond-batch-size", type=int, default=None,
                         help="refit batch (first rows of the training batch); default: the whole training batch")
+    parser.add_argument("--compile-tangent", action="store_true",
+                        help="cached_linearization='compiled': torch.compile the refit's tangent graph")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (minimum reported)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"LLQR overhead, device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, "
-          f"batch {args.batch_size}, refit batch {args.precond_batch_size or args.batch_size}, {args.inner_steps} inner steps, divergence={args.divergence}, clock={args.clock}, "
-          f"min of {args.rounds} rounds")
+          f"batch {args.batch_size}, refit batch {args.precond_batch_size or args.batch_size}, {args.inner_steps} inner "
+          f"steps, divergence={args.divergence}, clock={args.clock}, tangent graph "
+          f"{'compiled' if args.compile_tangent else 'traced'}, min of {args.rounds} rounds")
     header = ("problem", "U", "T", "base ms/step", "LLQR ms/step", "ms/refit", "step-0 ms (refit+trace)",
               "amortised ms/step", "ratio")
     print(" | ".join(header))

@@ -5,7 +5,7 @@ import pandas as pd
 from .metrics import aggregate, run_value
 from .paper import UNKNOWN, paper_cell
 from .runs import select
-from .scale import scale_text
+from .scale import scale_groups, scale_text
 
 NO_RUNS = "no runs"
 UNKNOWN_PAPER = "? (unknown)"
@@ -13,12 +13,14 @@ COLUMNS = ["column", "ours (mean ± std)", "n", "paper", "ours − paper", "scal
 
 
 def build_table(spec, runs):
-    """A DataFrame with one line per cell, in the mapping's order, and the number of distinct runs used."""
+    """A DataFrame with one line per cell and scale (runs at different scales are not averaged together), in the
+    mapping's order, and the number of distinct runs used."""
     lines, used = [], set()
     for cell in spec.cells:
         picked = [] if cell.not_reproduced else select(runs, cell.select)
         used.update(run.name for run in picked)
-        lines.append(_line(spec, cell, picked))
+        for group in scale_groups(picked, cell.paper_setting) or [[]]:
+            lines.append(_line(spec, cell, group))
     frame = pd.DataFrame(lines, columns=[_row_header(spec)] + COLUMNS)
     return frame, len(used)
 

@@ -17,6 +17,9 @@ def success_rate_figure(path, spec, frame):
     if rows.empty:
         return False
     labels = [f"{row} {column}" for row, column in zip(rows.iloc[:, 0], rows["column"])]
+    repeated = {label for label in labels if labels.count(label) > 1}  # a cell run at several scales
+    labels = [f"{label} [{_short_scale(scale)}]" if label in repeated else label
+              for label, scale in zip(labels, rows["scale"])]
     ours = [float(text.split(" ")[0]) for text in rows["ours (mean ± std)"]]
     paper = [_number(text) for text in rows["paper"]]
     figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * len(labels) + 2), 3.5))
@@ -31,6 +34,11 @@ def success_rate_figure(path, spec, frame):
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
+
+
+def _short_scale(scale):
+    """"reduced: trainer.max_steps=3000 (paper 100000)" -> "trainer.max_steps=3000"."""
+    return scale.removeprefix("reduced: ").split(" (paper")[0]
 
 
 def _number(text):

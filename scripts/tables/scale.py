@@ -23,6 +23,17 @@ def scale_text(runs, paper_setting):
     return "full" if readable else "unknown (no config.yaml)"
 
 
+def scale_groups(runs, paper_setting):
+    """The runs split by the values they use for the paper-setting keys (a 2-epoch run is never averaged with a
+    20-epoch one): the group at the paper's setting first, then the others in order of their values."""
+    groups = {}
+    for run in runs:
+        key = tuple(_show(lookup(run.config, k)) if lookup(run.config, k) is not MISSING else "?"
+                    for k in (paper_setting or {}))
+        groups.setdefault(key, []).append(run)
+    return [groups[key] for key in sorted(groups, key=lambda k: (scale_text(groups[k], paper_setting) != "full", k))]
+
+
 def _show(value):
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

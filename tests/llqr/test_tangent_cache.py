@@ -132,3 +132,29 @@ def test_llqr_training_is_identical_with_and_without_the_cache(structure):
         runs.append([p.detach().clone() for p in m.parameters()])
         assert (opt._linearization_cache.used == 3) if cached else opt._linearization_cache is None
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_compiled_tangent_graph_matches_the_eager_jvp_and_trains_like_it():
+    model, x, y = _problem("gpt", dtype=torch.float32)  # LayerNorm, softmax and GELU tangents get fused
+    params = list(model.parameters())
+    cache = LinearizationCache(compile=True)
+    cached = LQRObjective(model, params, "cross_entropy", x, y, "ngd", linearization_cache=cache)
+    eager = LQRObjective(model, params, "cross_entropy", x, y, "ngd")
+    gen = torch.Generator().manual_seed(2)
+    u = tuple(torch.randn(p.shape, generator=gen) for p in params)
+    _, ju_eager = torch.func.jvp(eager._forward, (eager._theta,), (u,))
+    ju = cached._jvp_fn(u)
+    assert cache.used == 1 and (ju - ju_eager).abs().max() <= 1e-5 * ju_eager.abs().max()
+    runs = []
+    for mode in (True, "compiled"):
+        m = copy.deepcopy(model)
+        opt = LLQR(m.parameters(), model=m, lr=1e-2, update_preconditioner_every=2, precond_steps=3,
+                   precond_lr=1e-2, cached_linearization=mode, verbose=False)
+        closure = make_closure(m, x, y)
+        for _ in range(3):
+            opt.step(closure)
+        runs.append([p.detach().clone() for p in m.parameters()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Invalid cached_linearization: 'fast'. Must be True, False or 'compiled'."):
+        LLQR(model.parameters(), model=model, cached_linearization="fast", verbose=False)

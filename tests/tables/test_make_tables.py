@@ -24,11 +24,14 @@ def _table_lines(markdown):
     return [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| :")]
 
 
-def _cells(markdown):
-    """{(row, column): {header: value}} from a generated markdown table."""
-    lines = [[c.strip() for c in line.strip("|").split("|")] for line in _table_lines(markdown)]
-    header, body = lines[0], lines[1:]
-    return {(row[0], row[1]): dict(zip(header, row)) for row in body}
+def _cells(markdown, line=0):
+    """{(row, column): {header: value}} from a generated markdown table; a cell whose runs used several scales
+    has a line per scale (`line` picks one: 0 is the paper's scale when it was run)."""
+    lines = [[c.strip() for c in text.strip("|").split("|")] for text in _table_lines(markdown)]
+    header, cells = lines[0], {}
+    for row in lines[1:]:
+        cells.setdefault((row[0], row[1]), []).append(dict(zip(header, row)))
+    return {key: found[min(line, len(found) - 1)] for key, found in cells.items()}
 
 
 def test_fixture_tables_match_expected(tmp_path):
@@ -45,6 +48,9 @@ def test_fixture_cells_mean_std_missing_runs_and_unknown_paper_cells(tmp_path):
     assert acc[("test_acc", "SGD")]["n"] == "2"
     assert acc[("test_acc", "SGD")]["paper"] == "99.04 ± 0.10"
     assert acc[("test_acc", "SGD")]["ours − paper"] == f"{statistics.fmean(sgd) - 99.04:+.2f}"
+    reduced_sgd = _cells((tmp_path / "fixture_acc.md").read_text(), line=1)[("test_acc", "SGD")]  # not averaged in
+    assert (reduced_sgd["ours (mean ± std)"], reduced_sgd["n"]) == ("97.00 ± –", "1")
+    assert reduced_sgd["scale"] == "reduced: trainer.epochs=2 (paper 10)"
     assert acc[("test_acc", "KFAC")]["paper"] == "? (unknown)"           # unknown paper cell, runs present
     assert acc[("test_acc", "KFAC")]["ours − paper"] == "–"
     assert acc[("test_acc", "PSGD")]["ours (mean ± std)"] == "no runs"   # paper number, no runs
