@@ -15,7 +15,9 @@ The loop never branches on an optimizer's name. What a second-order method needs
    - `closure()` zeroes the grads, runs the forward pass, calls `loss.backward()`, clips the gradient when
      `trainer.grad_clip` is set, and returns the loss: the torch convention, so torch.optim works as is;
    - `closure(backward=False)` returns the loss with its graph and leaves `.grad` alone, for optimizers
-     that differentiate themselves (Hessian-vector products by double backward, finite differences);
+     that differentiate themselves (Hessian-vector products by double backward, finite differences); such an
+     optimizer computes its own gradient, so `trainer.grad_clip` cannot apply and a warning says so (PSGD clips
+     its preconditioned gradient with `optimizer.grad_clip_max_norm`);
    - each call restores the RNG state the step started with, so repeated calls see the same dropout
      masks and the same random L2 coefficients (finite-difference HVPs need this);
    - `closure.inputs`, `closure.targets` and `closure.model` are the current batch and the model.
@@ -30,6 +32,7 @@ The loop never branches on an optimizer's name. What a second-order method needs
 
 import inspect
 import re
+import warnings
 
 import hydra.utils
 import torch
@@ -91,6 +94,10 @@ class LossClosure:
             torch.cuda.set_rng_state_all(self.cuda_rng_state)
         if self.parts is not None:
             return self._accumulated(backward)
+        if not backward and self.grad_clip:
+            warnings.warn(f"trainer.grad_clip={self.grad_clip} is not applied: the optimizer differentiates the loss "
+                          "itself (closure(backward=False)). Set trainer.grad_clip=null and use the optimizer's own "
+                          "clipping (PSGD: optimizer.grad_clip_max_norm).", UserWarning, stacklevel=2)
         if backward:
             self.model.zero_grad(set_to_none=True)
         with torch.enable_grad():

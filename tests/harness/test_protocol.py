@@ -79,6 +79,15 @@ def test_an_optimizer_refuses_a_loss_kind_it_has_no_curvature_for():
     assert build_optimizer({"_target_": "llqr.LLQR", "verbose": False}, model, "mse", lambda n: None).loss == "mse"
 
 
+def test_grad_clip_warns_when_the_optimizer_differentiates_the_loss_itself():
+    model = torch.nn.Linear(4, 1)
+    closure = LossClosure(model, torch.randn(8, 4), torch.randn(8, 1), loss_function("mse"), grad_clip=0.5)
+    with pytest.warns(UserWarning, match=r"trainer.grad_clip=0.5 is not applied: the optimizer differentiates the "
+                                         r"loss itself .*PSGD: optimizer.grad_clip_max_norm"):
+        loss = closure(backward=False)
+    assert loss.requires_grad and all(p.grad is None for p in model.parameters())
+
+
 def test_grad_clip_is_applied_in_the_closure():
     model = torch.nn.Linear(4, 1)
     x, y = torch.randn(16, 4) * 100, torch.randn(16, 1)
