@@ -16,7 +16,7 @@ its refit also traces the cached linearisation (llqr/tangent.py), which is paid 
 
     OMP_NUM_THREADS=1 python -m scripts.benchmarks.bench_llqr [--device cpu] [--problems resnet gpt] [--clock cpu]
         [--batch-size 128 --precond-batch-size 64]      # the CIFAR preset's ratio of refit to training batch
-        [--compile-tangent]                              # LLQR(cached_linearization="compiled")
+        [--tangent traced compiled]                     # also LLQR(cached_linearization="compiled")
 """
 import time
 
@@ -41,13 +41,13 @@ def _time_ms(fn, repeats, clock, device, warmup=0):
     return 1000.0 * (_clock(clock, device) - start) / repeats
 
 
-def _make_llqr(name, structure, args, device):
+def _make_llqr(name, structure, tangent, args, device):
     model, inputs, targets, loss = make_problem(name, device, batch_size=args.batch_size)
     closure = make_closure(model, inputs, targets)
     opt = LLQR(model.parameters(), model=model, loss=loss, lr=1e-3, momentum=0.9, block_structure=structure,
                divergence=args.divergence, update_preconditioner_every=10 ** 9, precond_steps=args.inner_steps,
                precond_batch_size=args.precond_batch_size,
-               cached_linearization="compiled" if args.compile_tangent else True, verbose=False)
+               cached_linearization="compiled" if tangent == "compiled" else True, verbose=False)
     refit_rows = args.precond_batch_size or args.batch_size  # what the optimizer's own refits use (its docstring)
     inputs, targets = inputs[:refit_rows], targets[:refit_rows]
     first_refit = _time_ms(lambda: opt.step(closure), 1, args.clock, device)  # step 0 refits (and traces)
@@ -62,7 +62,8 @@ def bench_problem(name, args, device):
     base = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     for _ in range(args.warmup):
         base.step(closure)
-    runs = {structure: _make_llqr(name, structure, args, device) for structure in args.structures}
+    runs = {(structure, tangent): _make_llqr(name, structure, tangent, args, device)
+            for structure in args.structures for tangent in args.tangent}
     base_times = []
     for _ in range(args.rounds):  # interleaved rounds: base, then each LLQR's steps and one refit
         base_times.append(_time_ms(lambda: base.step(closure), args.steps, args.clock, device, args.warmup))
@@ -71,11 +72,11 @@ def bench_problem(name, args, device):
             run["step"].append(_time_ms(lambda: opt.step(cl), args.steps, args.clock, device, args.warmup))
             run["refit"].append(_time_ms(lambda: opt.refit(run["inputs"], run["targets"]), 1, args.clock, device))
     base_ms, rows = min(base_times), []
-    for structure, run in runs.items():
+    for (structure, tangent), run in runs.items():
         step_ms, refit_ms = min(run["step"]), min(run["refit"])
         for period in args.periods:
             amortised = step_ms + refit_ms / period
-            rows.append((name, structure, period, base_ms, step_ms, refit_ms, run["first"], amortised,
+            rows.append((name, structure, tangent, period, base_ms, step_ms, refit_ms, run["first"], amortised,
                          amortised / base_ms))
     return rows
 
@@ -90,22 +91,22 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precond-batch-size", type=int, default=None,
                         help="refit batch (first rows of the training batch); default: the whole training batch")
-    parser.add_argument("--compile-tangent", action="store_true",
-                        help="cached_linearization='compiled': torch.compile the refit's tangent graph")
+    parser.add_argument("--tangent", nargs="+", choices=["traced", "compiled"], default=["traced"],
+                        help="the refit's tangent graph: traced (cached_linearization=True) and/or compiled "
+                             "(cached_linearization='compiled', torch.compile); several are timed side by side")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (minimum reported)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"LLQR overhead, device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"batch {args.batch_size}, refit batch {args.precond_batch_size or args.batch_size}, {args.inner_steps} inner "
-          f"steps, divergence={args.divergence}, clock={args.clock}, tangent graph "
-          f"{'compiled' if args.compile_tangent else 'traced'}, min of {args.rounds} rounds")
-    header = ("problem", "U", "T", "base ms/step", "LLQR ms/step", "ms/refit", "step-0 ms (refit+trace)",
+          f"steps, divergence={args.divergence}, clock={args.clock}, min of {args.rounds} rounds")
+    header = ("problem", "U", "tangent", "T", "base ms/step", "LLQR ms/step", "ms/refit", "step-0 ms (refit+trace)",
               "amortised ms/step", "ratio")
     print(" | ".join(header))
     for name in args.problems:
         for row in bench_problem(name, args, device):
-            print(" | ".join([row[0], row[1], str(row[2])] + [f"{v:.2f}" for v in row[3:8]] + [f"{row[8]:.3f}x"]))
+            print(" | ".join([*row[:3], str(row[3])] + [f"{v:.2f}" for v in row[4:9]] + [f"{row[9]:.3f}x"]))
 
 
 if __name__ == "__main__":
