@@ -12,27 +12,37 @@ import argparse
 import json
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
 
 
 def collect(roots, destination, with_metrics=False):
-    copied = []
+    """Copy every finished run under `roots`; two runs that would land in the same folder are refused (nothing
+    is copied) with both names, so that no run silently replaces another."""
+    runs, sources = [], {}
     for root in roots:
         for summary_path in sorted(Path(root).rglob("summary.json")):
-            run_dir = summary_path.parent
             summary = json.loads(summary_path.read_text())
-            target = Path(destination) / (summary.get("experiment") or "unnamed") / run_dir.name
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(summary_path, target / "summary.json")
-            for name in ("config.yaml", "metrics.jsonl") if with_metrics else ("config.yaml",):
-                if (run_dir / name).is_file():
-                    shutil.copyfile(run_dir / name, target / name)
-            command = train_command(run_dir)
-            if command:
-                (target / "command.txt").write_text(command + "\n")
-            copied.append(target)
+            target = Path(destination) / (summary.get("experiment") or "unnamed") / summary_path.parent.name
+            if target in sources:
+                raise ValueError(f"two runs would both be copied to {target}: {sources[target]} and "
+                                 f"{summary_path.parent}; rename one of the run directories")
+            sources[target] = summary_path.parent
+            runs.append((summary_path, target))
+    copied = []
+    for summary_path, target in runs:
+        run_dir = summary_path.parent
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(summary_path, target / "summary.json")
+        for name in ("config.yaml", "metrics.jsonl") if with_metrics else ("config.yaml",):
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, target / name)
+        command = train_command(run_dir)
+        if command:
+            (target / "command.txt").write_text(command + "\n")
+        copied.append(target)
     return copied
 
 
@@ -50,9 +60,13 @@ def main(argv=None):
     parser.add_argument("--dest", default="results/runs")
     parser.add_argument("--with-metrics", action="store_true", help="also copy metrics.jsonl")
     args = parser.parse_args(argv)
-    copied = collect(args.roots, args.dest, args.with_metrics)
+    try:
+        copied = collect(args.roots, args.dest, args.with_metrics)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"copied {len(copied)} run summaries into {args.dest}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -69,6 +69,20 @@ def test_malformed_bundles_and_clashing_jobs_name_file_and_key(tmp_path, monkeyp
         load_sweep("b")
 
 
+def test_collect_refuses_two_runs_that_would_land_in_the_same_folder(tmp_path, capsys):
+    for root in ("full", "reduced"):  # e.g. a 20-epoch and a 2-epoch run, both named by their sweep "optimizer=sgd,seed=0"
+        run = tmp_path / root / "optimizer=sgd,seed=0"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"experiment": "e3", "seed": 0}))
+    with pytest.raises(ValueError, match=r"two runs would both be copied to .*e3/optimizer=sgd,seed=0: .*full/"
+                                         r"optimizer=sgd,seed=0 and .*reduced/optimizer=sgd,seed=0; rename one"):
+        collect([tmp_path / "full", tmp_path / "reduced"], tmp_path / "results")
+    assert not (tmp_path / "results").exists()  # nothing copied
+    from scripts.collect_runs import main as collect_main
+    assert collect_main([str(tmp_path / "full"), str(tmp_path / "reduced"), "--dest", str(tmp_path / "r")]) == 2
+    assert "error: two runs would both be copied" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_by_two_sweep_with_the_hydra_local_launcher(tmp_path):
     command = [sys.executable, "train.py", "-m", "hydra/launcher=local", "experiment=demo_xor", "optimizer=sgd,adamw",
