@@ -30,6 +30,7 @@ from baselines.kfac_layers import (
 )
 
 _LOSSES_AVERAGED_OVER_ALL_TARGETS = ("cross_entropy", "binary_cross_entropy")
+_IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: padded targets are not in the mean
 
 
 class KFAC(torch.optim.Optimizer):
@@ -168,6 +169,8 @@ class KFAC(torch.optim.Optimizer):
         """M: the number of examples the batch loss is a mean over (see kfac_layers' docstring)."""
         targets = getattr(closure, "targets", None)
         if torch.is_tensor(targets):
+            if self.loss == "cross_entropy" and not targets.is_floating_point():  # padding does not count
+                return max(int((targets != _IGNORE_INDEX).sum()), 1)
             return targets.numel() if self.loss in _LOSSES_AVERAGED_OVER_ALL_TARGETS else targets.shape[0]
         firsts = [layer.first_batch for layer in self.layers if layer.first_batch is not None]
         return firsts[0] if firsts else 1  # our choice without a protocol closure: the leading batch dim

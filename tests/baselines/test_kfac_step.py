@@ -227,3 +227,21 @@ def test_conv_linear_and_embedding_steps_equal_the_dense_kronecker_solve(float64
     state = opt.state[embed.weight]  # Linear orientation: V = ∇Wᵀ (d × vocab), A = diag(counts) / rows
     expected = _dense_step(torch.diag(state["A"]), state["G"], grads["0.weight"].T, damping, pi_damping)
     torch.testing.assert_close(step["0.weight"], expected.T, rtol=1e-8, atol=1e-12)
+
+
+def test_padded_targets_do_not_count_in_the_gradient_factor():
+    """Ĝ = M Σ g gᵀ with M the number of targets the loss averages: padded positions (-100) have zero gradient and
+    must not count, so Ĝ on a padded batch equals Ĝ on its unpadded tokens alone."""
+    torch.manual_seed(9)
+    layer = nn.Linear(4, 3)
+    x, y = torch.randn(2, 5, 4), torch.randint(0, 3, (2, 5))
+    y[0, 3:] = -100
+    y[1, 1:] = -100
+    real = y != -100
+    factors = []
+    for inputs, targets in ((x, y), (x[real].unsqueeze(0), y[real].unsqueeze(0))):
+        model = copy.deepcopy(layer)
+        opt = KFAC(model.parameters(), model=model, lr=0.0, factor_decay=0.0, verbose=False)
+        opt.step(protocol_closure(model, inputs, targets))
+        factors.append(opt.state[model.weight]["G"])
+    torch.testing.assert_close(factors[0], factors[1])
