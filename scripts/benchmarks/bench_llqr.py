@@ -9,15 +9,18 @@ LLQR presets refit on 64 samples while training on 128 (CIFAR) or 512 (grokking)
 
 is printed for each refit period T. Goal (issue 5 §5): ratio ≤ 1.15 at T = 250.
 
-On a shared machine the base optimizer and the LLQR variants are timed in interleaved rounds and each figure is
-the minimum over ``--rounds`` (the least-disturbed measurement); ``--clock cpu`` times process CPU seconds instead
-of wall seconds (with OMP_NUM_THREADS=1 this is insensitive to other jobs' load). "step-0 ms" is the first step:
-its refit also traces the cached linearisation (llqr/tangent.py), which is paid once per batch shape.
+On a shared machine the timings are sandwiched: in every round, each LLQR variant's block of steps and its refit
+run between two blocks of the base optimizer, and that round's ratio is LLQR's (ms/step + ms/refit / T) over the
+mean of the two base blocks around it; the ratio printed is the median over ``--rounds`` (load that drifts slower
+than a sandwich cancels, a spike hits one round), and the ms columns are medians too. ``--clock cpu`` times
+process CPU seconds instead of wall seconds. "step-0 ms" is the first step: its refit also traces the cached
+linearisation (llqr/tangent.py), which is paid once per batch shape.
 
     OMP_NUM_THREADS=1 python -m scripts.benchmarks.bench_llqr [--device cpu] [--problems resnet gpt] [--clock cpu]
         [--batch-size 128 --precond-batch-size 64]      # the CIFAR preset's ratio of refit to training batch
         [--tangent traced compiled]                     # also LLQR(cached_linearization="compiled")
 """
+import statistics
 import time
 
 import torch
@@ -53,7 +56,7 @@ def _make_llqr(name, structure, tangent, args, device):
     first_refit = _time_ms(lambda: opt.step(closure), 1, args.clock, device)  # step 0 refits (and traces)
     for _ in range(args.warmup):
         opt.step(closure)
-    return dict(opt=opt, closure=closure, inputs=inputs, targets=targets, first=first_refit, step=[], refit=[])
+    return dict(opt=opt, closure=closure, inputs=inputs, targets=targets, first=first_refit, step=[], refit=[], base=[])
 
 
 def bench_problem(name, args, device):
@@ -64,20 +67,24 @@ def bench_problem(name, args, device):
         base.step(closure)
     runs = {(structure, tangent): _make_llqr(name, structure, tangent, args, device)
             for structure in args.structures for tangent in args.tangent}
-    base_times = []
-    for _ in range(args.rounds):  # interleaved rounds: base, then each LLQR's steps and one refit
-        base_times.append(_time_ms(lambda: base.step(closure), args.steps, args.clock, device, args.warmup))
-        for run in runs.values():
+    base_step = lambda: _time_ms(lambda: base.step(closure), args.steps, args.clock, device, args.warmup)  # noqa: E731
+    base_times, after = [], base_step()
+    for r in range(args.rounds):  # sandwiches: base block, LLQR steps, one refit, base block (the next's "before")
+        for key in list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]:
+            run, before = runs[key], after
             opt, cl = run["opt"], run["closure"]
             run["step"].append(_time_ms(lambda: opt.step(cl), args.steps, args.clock, device, args.warmup))
             run["refit"].append(_time_ms(lambda: opt.refit(run["inputs"], run["targets"]), 1, args.clock, device))
-    base_ms, rows = min(base_times), []
+            after = base_step()
+            base_times.append(after)
+            run["base"].append(0.5 * (before + after))
+    rows = []
     for (structure, tangent), run in runs.items():
-        step_ms, refit_ms = min(run["step"]), min(run["refit"])
+        step_ms, refit_ms = statistics.median(run["step"]), statistics.median(run["refit"])
         for period in args.periods:
-            amortised = step_ms + refit_ms / period
-            rows.append((name, structure, tangent, period, base_ms, step_ms, refit_ms, run["first"], amortised,
-                         amortised / base_ms))
+            ratios = [(s + f / period) / b for s, f, b in zip(run["step"], run["refit"], run["base"])]
+            rows.append((name, structure, tangent, period, statistics.median(base_times), step_ms, refit_ms,
+                         run["first"], step_ms + refit_ms / period, statistics.median(ratios)))
     return rows
 
 
@@ -94,13 +101,13 @@ def main():
     parser.add_argument("--tangent", nargs="+", choices=["traced", "compiled"], default=["traced"],
                         help="the refit's tangent graph: traced (cached_linearization=True) and/or compiled "
                              "(cached_linearization='compiled', torch.compile); several are timed side by side")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (minimum reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="sandwiched timing rounds (median reported)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"LLQR overhead, device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"batch {args.batch_size}, refit batch {args.precond_batch_size or args.batch_size}, {args.inner_steps} inner "
-          f"steps, divergence={args.divergence}, clock={args.clock}, min of {args.rounds} rounds")
+          f"steps, divergence={args.divergence}, clock={args.clock}, median of {args.rounds} sandwiched rounds")
     header = ("problem", "U", "tangent", "T", "base ms/step", "LLQR ms/step", "ms/refit", "step-0 ms (refit+trace)",
               "amortised ms/step", "ratio")
     print(" | ".join(header))

@@ -13,6 +13,6 @@ def test_bench_llqr_prints_amortised_ratios(monkeypatch, capsys):
     assert "batch 8, refit batch 4, 2 inner steps" in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("resnet | ")]
     assert [(r[1], r[2], r[3]) for r in rows] == [("diagonal", "traced", "250"), ("diagonal", "traced", "1000")]
-    for r in rows:  # amortised = LLQR ms/step + ms/refit / T, ratio = amortised / base
-        base, step, refit, amortised = float(r[4]), float(r[5]), float(r[6]), float(r[8])
-        assert abs(amortised - (step + refit / int(r[3]))) < 0.01 and abs(float(r[9][:-1]) - amortised / base) < 2e-3
+    for r in rows:  # amortised = LLQR ms/step + ms/refit / T; ratio: over the base blocks around it (one round)
+        step, refit, amortised, ratio = float(r[5]), float(r[6]), float(r[8]), float(r[9][:-1])
+        assert abs(amortised - (step + refit / int(r[3]))) < 0.01 and ratio > 0

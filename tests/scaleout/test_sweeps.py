@@ -85,19 +85,20 @@ def test_collect_refuses_two_runs_that_would_land_in_the_same_folder(tmp_path, c
 
 @pytest.mark.slow
 def test_two_by_two_sweep_with_the_hydra_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"  # the collected copies go beside it, not into it
     command = [sys.executable, "train.py", "-m", "hydra/launcher=local", "experiment=demo_xor", "optimizer=sgd,adamw",
-               "seed=0,1", "trainer.max_steps=30", "trainer.progress=false", f"hydra.sweep.dir={tmp_path}"]
+               "seed=0,1", "trainer.max_steps=30", "trainer.progress=false", f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = sorted(tmp_path.rglob("summary.json"))
+    summaries = sorted(sweep.rglob("summary.json"))
     assert len(summaries) == 4
     optimizers = sorted((json.loads(p.read_text())["optimizer"], json.loads(p.read_text())["seed"]) for p in summaries)
     assert optimizers == [("torch.optim.AdamW", 0), ("torch.optim.AdamW", 1), ("torch.optim.SGD", 0), ("torch.optim.SGD", 1)]
-    copied = collect([tmp_path], tmp_path / "results")
+    copied = collect([sweep], tmp_path / "results")
     assert len(copied) == 4 and all((c / "summary.json").is_file() and (c / "config.yaml").is_file() for c in copied)
     assert not any((c / "metrics.jsonl").exists() for c in copied), "metrics are copied only when asked"
     commands = sorted((c / "command.txt").read_text().split() for c in copied)
     assert commands[0][:2] == ["python", "train.py"] and "optimizer=adamw" in commands[0] and "seed=0" in commands[0]
-    copied = collect([tmp_path], tmp_path / "with_metrics", with_metrics=True)
+    copied = collect([sweep], tmp_path / "with_metrics", with_metrics=True)
     assert all((c / "metrics.jsonl").read_text().strip() for c in copied)
