@@ -21,27 +21,20 @@ linearisation (llqr/tangent.py), which is paid once per batch shape.
         [--tangent traced compiled]                     # also LLQR(cached_linearization="compiled")
 """
 import statistics
-import time
 
 import torch
 
 from llqr import LLQR
-from scripts.benchmarks.common import default_parser, make_closure, make_problem
+from scripts.benchmarks.common import clock, default_parser, make_closure, make_problem
 
 
-def _clock(kind, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.process_time() if kind == "cpu" else time.perf_counter()
-
-
-def _time_ms(fn, repeats, clock, device, warmup=0):
+def _time_ms(fn, repeats, kind, device, warmup=0):
     for _ in range(warmup):  # untimed: memory released by the previous block (a refit) is mapped again
         fn()
-    start = _clock(clock, device)
+    start = clock(device, wall=kind == "wall")
     for _ in range(repeats):
         fn()
-    return 1000.0 * (_clock(clock, device) - start) / repeats
+    return 1000.0 * (clock(device, wall=kind == "wall") - start) / repeats
 
 
 def _make_llqr(name, structure, tangent, args, device):
@@ -67,7 +60,10 @@ def bench_problem(name, args, device):
         base.step(closure)
     runs = {(structure, tangent): _make_llqr(name, structure, tangent, args, device)
             for structure in args.structures for tangent in args.tangent}
-    base_step = lambda: _time_ms(lambda: base.step(closure), args.steps, args.clock, device, args.warmup)  # noqa: E731
+
+    def base_step():
+        return _time_ms(lambda: base.step(closure), args.steps, args.clock, device, args.warmup)
+
     base_times, after = [], base_step()
     for r in range(args.rounds):  # sandwiches: base block, LLQR steps, one refit, base block (the next's "before")
         for key in list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]:

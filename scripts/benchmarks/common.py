@@ -143,28 +143,13 @@ def make_closure(model, inputs, targets):
     return closure
 
 
-def time_per_step(step, steps, warmup, device):
-    """Mean wall-clock milliseconds of `step()` over `steps` calls after `warmup` calls."""
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 1000.0 * (time.perf_counter() - start) / steps
-
-
-def clock(device):
+def clock(device, wall=False):
     """Seconds for timing one process's work: on CPU the process's CPU time (on a shared, loaded machine it leaves
-    out the time other processes hold the core; with one thread it is the steps' own time), on CUDA the wall
-    clock after a synchronize."""
+    out the time other processes hold the core; with one thread it is the steps' own time), on CUDA (or with
+    `wall`) the wall clock, after a synchronize on CUDA."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-        return time.perf_counter()
-    return time.process_time()
+    return time.perf_counter() if wall or device.type == "cuda" else time.process_time()
 
 
 def keep_freed_memory():

@@ -28,9 +28,8 @@ def scale_groups(runs, paper_setting):
     20-epoch one): the group at the paper's setting first, then the others in order of their values."""
     groups = {}
     for run in runs:
-        key = tuple(_show(lookup(run.config, k)) if lookup(run.config, k) is not MISSING else "?"
-                    for k in (paper_setting or {}))
-        groups.setdefault(key, []).append(run)
+        values = (lookup(run.config, key) for key in paper_setting or {})
+        groups.setdefault(tuple("?" if v is MISSING else _show(v) for v in values), []).append(run)
     return [groups[key] for key in sorted(groups, key=lambda k: (scale_text(groups[k], paper_setting) != "full", k))]
 
 
