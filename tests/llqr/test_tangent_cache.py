@@ -118,18 +118,24 @@ def test_split_rejects_a_tangent_op_writing_into_a_primal_value():
     assert split_tangent_graph(gm, 1) is None
 
 
+def _train_copy(model, x, y, steps, **llqr_kwargs):
+    """A copy of `model` trained `steps` steps by LLQR (refit every 2 steps, 3 inner steps): (parameters, LLQR)."""
+    m = copy.deepcopy(model)
+    opt = LLQR(m.parameters(), model=m, lr=1e-2, update_preconditioner_every=2, precond_steps=3, precond_lr=1e-2,
+               verbose=False, **llqr_kwargs)
+    closure = make_closure(m, x, y)
+    for _ in range(steps):
+        opt.step(closure)
+    return [p.detach().clone() for p in m.parameters()], opt
+
+
 @pytest.mark.parametrize("structure", ["diagonal", "e-kfac"])
 def test_llqr_training_is_identical_with_and_without_the_cache(structure):
     model, x, y = _problem("resnet")
     runs = []
     for cached in (True, False):
-        m = copy.deepcopy(model)
-        opt = LLQR(m.parameters(), model=m, lr=1e-2, block_structure=structure, update_preconditioner_every=2,
-                   precond_steps=3, precond_lr=1e-2, cached_linearization=cached, verbose=False)
-        closure = make_closure(m, x, y)
-        for _ in range(5):
-            opt.step(closure)
-        runs.append([p.detach().clone() for p in m.parameters()])
+        params, opt = _train_copy(model, x, y, 5, block_structure=structure, cached_linearization=cached)
+        runs.append(params)
         assert (opt._linearization_cache.used == 3) if cached else opt._linearization_cache is None
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
@@ -145,15 +151,7 @@ def test_compiled_tangent_graph_matches_the_eager_jvp_and_trains_like_it():
     _, ju_eager = torch.func.jvp(eager._forward, (eager._theta,), (u,))
     ju = cached._jvp_fn(u)
     assert cache.used == 1 and (ju - ju_eager).abs().max() <= 1e-5 * ju_eager.abs().max()
-    runs = []
-    for mode in (True, "compiled"):
-        m = copy.deepcopy(model)
-        opt = LLQR(m.parameters(), model=m, lr=1e-2, update_preconditioner_every=2, precond_steps=3,
-                   precond_lr=1e-2, cached_linearization=mode, verbose=False)
-        closure = make_closure(m, x, y)
-        for _ in range(3):
-            opt.step(closure)
-        runs.append([p.detach().clone() for p in m.parameters()])
+    runs = [_train_copy(model, x, y, 3, cached_linearization=mode)[0] for mode in (True, "compiled")]
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match=r"Invalid cached_linearization: 'fast'. Must be True, False or 'compiled'."):
