@@ -162,12 +162,14 @@ def build_run(cfg, device):
         inputs, targets = run.dataset.sample_batch(batch_size, run.sample_generator)
         return to_device(inputs, device), to_device(targets, device)
 
-    run.optimizer = build_optimizer(cfg.optimizer, run.model, run.dataset.loss, sample_batch)
+    # Training uses the dataset's label smoothing (dataset.label_smoothing; IWSLT14, ImageNet), through the closure,
+    # so second-order optimizers differentiate the same loss (LLQR's refit too: it takes ε as label_smoothing);
+    # evaluation reports the plain NLL and its perplexity.
+    label_smoothing = float(getattr(run.dataset, "label_smoothing", 0.0))
+    run.optimizer = build_optimizer(cfg.optimizer, run.model, run.dataset.loss, sample_batch, label_smoothing)
     run.schedule = Schedule(cfg.schedule, run.total_steps, run.dataset.steps_per_epoch)
     run.schedule.attach(run.optimizer)
-    # Training uses the dataset's label smoothing (dataset.label_smoothing; IWSLT14, ImageNet), through the closure,
-    # so second-order optimizers differentiate the same loss; evaluation reports the plain NLL and its perplexity.
-    run.loss_fn = loss_function(run.dataset.loss, float(getattr(run.dataset, "label_smoothing", 0.0)))
+    run.loss_fn = loss_function(run.dataset.loss, label_smoothing)
     run.eval_loss_fn = loss_function(run.dataset.loss)
     run.micro_batches = trainer.grad_accumulation
     if not isinstance(run.micro_batches, int) or run.micro_batches < 1:

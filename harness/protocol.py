@@ -214,8 +214,9 @@ def l2_regularizer(strength, randomized=False, exclude_norm_and_bias=False):
     return regularizer
 
 
-def build_optimizer(cfg, model, loss_kind, sample_batch):
-    """Instantiate `cfg` (a `_target_` config) with the protocol keywords its constructor accepts.
+def build_optimizer(cfg, model, loss_kind, sample_batch, label_smoothing=0.0):
+    """Instantiate `cfg` (a `_target_` config) with the protocol keywords its constructor accepts (`model`,
+    `loss`, `sample_batch`, and `label_smoothing` when the training loss is label-smoothed).
 
     `optimizer.weight_decay_on` (ours, not the optimizer's) picks the parameters `weight_decay` applies to; see
     `parameter_groups`. An optimizer class with a `supported_losses` attribute (LLQR: the losses whose output
@@ -231,7 +232,9 @@ def build_optimizer(cfg, model, loss_kind, sample_batch):
         cfg = _without(cfg, "weight_decay_on")
     accepted = inspect.signature(target.__init__).parameters
     extras = {"model": model, "loss": loss_kind, "sample_batch": sample_batch}
-    extras = {key: value for key, value in extras.items() if key in accepted}
+    if label_smoothing:
+        extras["label_smoothing"] = label_smoothing
+    extras = {key: value for key, value in extras.items() if key in accepted and key not in cfg}
     params = parameter_groups(model, decay_on, cfg.get("weight_decay"))
     try:
         return hydra.utils.instantiate(cfg, params, **extras, _convert_="all")

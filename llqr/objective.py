@@ -37,10 +37,14 @@ DIVERGENCES = ("ngd", "gauss_newton", "newton")
 LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
 
 
-def mean_loss(kind: str, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The training loop's losses (CONVENTIONS): each a mean over the batch (over all positions for CE)."""
+def mean_loss(kind: str, output: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training loop's losses (CONVENTIONS): each a mean over the batch (over all positions for CE).
+
+    ``label_smoothing`` ε: cross-entropy against (1 − ε)·one-hot + ε/K, torch's definition and the authors'
+    (``_cross_entropy_log_prob_gradient`` [C]); it changes g, not the softmax curvature of the Fisher / GGN."""
     if kind == "cross_entropy":
-        return F.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1))
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1),
+                               label_smoothing=label_smoothing)
     if kind == "mse":
         return 0.5 * (output - targets).pow(2).reshape(output.shape[0], -1).sum(1).mean()
     if kind == "binary_cross_entropy":
@@ -85,15 +89,16 @@ class LQRObjective:
     """J(u) = gᵀu + ½uᵀ(M + λI)u for the parameters ``params`` of ``model`` on (inputs, targets).
 
     ``params`` must be parameters of ``model`` (other parameters are held fixed). ``g`` is the gradient of the
-    mean loss; ``grad_u(u)`` returns g + (M + λI)u; ``value(u)`` returns J(u). ``linearization_cache``: a
+    mean loss (label-smoothed cross-entropy when ``label_smoothing`` > 0); ``grad_u(u)`` returns g + (M + λI)u; ``value(u)`` returns J(u). ``linearization_cache``: a
     ``llqr.tangent.LinearizationCache`` shared across refits (Gauss-Newton / NGD only), or None (eager JVPs).
     """
 
     def __init__(self, model, params, loss, inputs, targets, divergence="ngd", damping=0.0,
-                 linearization_cache=None):
+                 linearization_cache=None, label_smoothing=0.0):
         if divergence not in DIVERGENCES:
             raise ValueError(f"Invalid divergence: {divergence}. Must be one of {DIVERGENCES}.")
         self.model, self.loss, self.divergence, self.damping = model, loss, divergence, float(damping)
+        self.label_smoothing = float(label_smoothing)
         self.inputs, self.targets = inputs, targets
         self.params = list(params)
         self._names, fixed = _parameter_names(model, self.params)
@@ -133,7 +138,7 @@ class LQRObjective:
         self.output = output.detach()
         with torch.enable_grad():
             out = self.output.clone().requires_grad_(True)
-            loss = mean_loss(self.loss, out, self.targets)
+            loss = mean_loss(self.loss, out, self.targets, self.label_smoothing)
             (dl_dout,) = torch.autograd.grad(loss, out)
         self.loss_value = loss.detach()
         self.g = list(self._vjp_fn(dl_dout)[0])
@@ -155,7 +160,7 @@ class LQRObjective:
     def _setup_newton(self):
         self._theta_req = [t.clone().requires_grad_(True) for t in self._theta]
         with torch.enable_grad():
-            loss = mean_loss(self.loss, self._forward(self._theta_req), self.targets)
+            loss = mean_loss(self.loss, self._forward(self._theta_req), self.targets, self.label_smoothing)
             grads = torch.autograd.grad(loss, self._theta_req, create_graph=True, allow_unused=True)
         self._grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(self._theta, grads)]
         self.loss_value = loss.detach()

@@ -51,6 +51,9 @@ class LLQR(torch.optim.Optimizer):
     the tangent graph with ``torch.compile`` [E]: J·u to a tolerance instead of to the bit, a compilation (tens
     of seconds on CPU) at the first refit of each shape, then inner steps up to 2x faster on transformers.
 
+    ``label_smoothing`` ε: the refit's g is the gradient of the label-smoothed cross-entropy, as the training
+    loss's (the authors' final cost with label smoothing [C]); the training loop passes its dataset's ε.
+
     Refit batches come from ``sample_batch(precond_batch_size)`` when given (the training loop's protocol),
     else from the closure's batch (``closure.inputs``, ``closure.targets``, first ``precond_batch_size`` rows).
     A refit runs the model in its current mode through ``torch.func.functional_call`` with cloned buffers
@@ -75,9 +78,9 @@ class LLQR(torch.optim.Optimizer):
                  update_preconditioner_until=None, precond_steps=50, precond_batch_size=None, precond_lr=1e-3,
                  precond_clip=5.0, precond_momentum=0.9, ema_decay=0.0, damping=0.0, warm_start=True,
                  max_factor_dim=4096, mode="paper", scale_free=None, refit_acceptance=None,
-                 reuse_diagnostic=None, cached_linearization=True, verbose=True):
+                 reuse_diagnostic=None, cached_linearization=True, label_smoothing=0.0, verbose=True):
         _validate(lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay, base=base,
-                  loss=loss, block_structure=block_structure, divergence=divergence,
+                  loss=loss, label_smoothing=label_smoothing, block_structure=block_structure, divergence=divergence,
                   update_preconditioner_every=update_preconditioner_every, precond_steps=precond_steps,
                   precond_batch_size=precond_batch_size, precond_lr=precond_lr, precond_clip=precond_clip,
                   precond_momentum=precond_momentum, ema_decay=ema_decay, damping=damping, mode=mode,
@@ -86,6 +89,7 @@ class LLQR(torch.optim.Optimizer):
                         precond_lr=precond_lr, ema_decay=ema_decay)
         super().__init__(params, defaults)
         self.model, self.loss, self.sample_batch, self.base = model, loss, sample_batch, base
+        self.label_smoothing = float(label_smoothing)
         self.wd_exclude_norm_and_bias = bool(wd_exclude_norm_and_bias)
         self.block_structure, self.divergence = block_structure, divergence
         self.update_preconditioner_every = int(update_preconditioner_every)
@@ -148,7 +152,8 @@ class LLQR(torch.optim.Optimizer):
         device = self._params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             objective = LQRObjective(model, self._params, self.loss, inputs, targets, self.divergence, self.damping,
-                                     linearization_cache=self._linearization_cache)
+                                     linearization_cache=self._linearization_cache,
+                                     label_smoothing=self.label_smoothing)
             old = self.preconditioner_factors()
             start = old if self.warm_start else [b.structure.identity(device, self._params[b.index[0]].dtype)
                                                  for b in self._blocks]
@@ -281,7 +286,7 @@ def _build_blocks(model, params, kind, max_factor_dim):
     return blocks
 
 
-def _validate(*, lr, momentum, betas, eps, weight_decay, base, loss, block_structure, divergence,
+def _validate(*, lr, momentum, betas, eps, weight_decay, base, loss, label_smoothing, block_structure, divergence,
               update_preconditioner_every, precond_steps, precond_batch_size, precond_lr, precond_clip,
               precond_momentum, ema_decay, damping, mode, cached_linearization):
     """Argument checks with exact messages (developers' guide)."""
@@ -303,6 +308,11 @@ def _validate(*, lr, momentum, betas, eps, weight_decay, base, loss, block_struc
                                  ("divergence", divergence, DIVERGENCES), ("mode", mode, MODES)):
         if value not in allowed:
             raise ValueError(f"Invalid {name}: {value}. Must be one of {allowed}.")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"Invalid label_smoothing: {label_smoothing}. Must be in [0, 1).")
+    if label_smoothing and loss != "cross_entropy":
+        raise ValueError(f"Invalid label_smoothing: {label_smoothing} with loss {loss!r}. Label smoothing applies "
+                         "to loss='cross_entropy' only.")
     if not isinstance(update_preconditioner_every, int) or update_preconditioner_every < 1:
         raise ValueError(f"Invalid update_preconditioner_every: {update_preconditioner_every}. "
                          "Must be an integer >= 1.")

@@ -79,6 +79,17 @@ def test_an_optimizer_refuses_a_loss_kind_it_has_no_curvature_for():
     assert build_optimizer({"_target_": "llqr.LLQR", "verbose": False}, model, "mse", lambda n: None).loss == "mse"
 
 
+def test_the_training_label_smoothing_reaches_an_optimizer_that_takes_it():
+    model = torch.nn.Linear(3, 2)
+    llqr = build_optimizer({"_target_": "llqr.LLQR", "verbose": False}, model, "cross_entropy", None, 0.1)
+    assert llqr.label_smoothing == 0.1
+    own = build_optimizer({"_target_": "llqr.LLQR", "verbose": False, "label_smoothing": 0.2}, model,
+                          "cross_entropy", None, 0.1)
+    assert own.label_smoothing == 0.2  # an explicit optimizer.label_smoothing wins
+    assert isinstance(build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1}, model, "cross_entropy", None, 0.1),
+                      torch.optim.SGD)
+
+
 def test_grad_clip_warns_when_the_optimizer_differentiates_the_loss_itself():
     model = torch.nn.Linear(4, 1)
     closure = LossClosure(model, torch.randn(8, 4), torch.randn(8, 1), loss_function("mse"), grad_clip=0.5)

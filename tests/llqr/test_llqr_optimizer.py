@@ -195,6 +195,9 @@ def test_construction_prints_structure_table(capsys):
     (dict(damping=-1.0), "Invalid damping: -1.0. Must be >= 0.0."),
     (dict(mode="fast"), "Invalid mode: fast. Must be one of ('paper', 'engineered')."),
     (dict(loss="hinge"), "Invalid loss: hinge. Must be one of ('cross_entropy', 'mse', 'binary_cross_entropy')."),
+    (dict(label_smoothing=1.0), "Invalid label_smoothing: 1.0. Must be in [0, 1)."),
+    (dict(label_smoothing=0.1, loss="mse"),
+     "Invalid label_smoothing: 0.1 with loss 'mse'. Label smoothing applies to loss='cross_entropy' only."),
 ])
 def test_argument_validation(kwargs, message):
     model = _model()

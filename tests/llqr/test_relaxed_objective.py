@@ -86,6 +86,31 @@ def test_grad_u_equals_dense(loss, divergence):
 
 
 @pytest.mark.parametrize("divergence", ["gauss_newton", "newton"])
+def test_label_smoothed_objective_equals_dense(divergence):
+    """g and M of torch's label-smoothed cross-entropy (the authors' final cost with label smoothing [C])."""
+    model = _mlp()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    params = list(model.parameters())
+    obj = LQRObjective(model, params, "cross_entropy", x, y, divergence, label_smoothing=0.1)
+    theta0, f = _flat_fn(model)
+
+    def smoothed(logits):
+        return nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+
+    if divergence == "newton":
+        m = hessian(lambda t: smoothed(f(t, x)), theta0)
+    else:
+        out = f(theta0, x).detach()
+        jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
+        m = jac.T @ hessian(lambda o: smoothed(o.view_as(out)), out.reshape(-1)) @ jac
+    g = torch.autograd.functional.jacobian(lambda t: smoothed(f(t, x)), theta0)
+    assert _rel(_flat(obj.g), g) < 1e-13
+    assert _rel(_flat(obj.g), _flat(LQRObjective(model, params, "cross_entropy", x, y, divergence).g)) > 1e-3
+    u = [torch.randn_like(p) for p in params]
+    assert _rel(_flat(obj.grad_u(u)), g + m @ _flat(u)) < 1e-12
+
+
+@pytest.mark.parametrize("divergence", ["gauss_newton", "newton"])
 def test_batchnorm_products_match_finite_differences(divergence):
     """Every curvature path through training-mode BatchNorm against central differences (issue 5 §4)."""
     model = _bn_cnn().train()
