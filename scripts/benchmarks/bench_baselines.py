@@ -26,7 +26,7 @@ import statistics
 import torch
 
 from baselines import KFAC, Shampoo
-from scripts.benchmarks.common import (default_parser, keep_freed_memory, make_closure, make_problem, param_bytes,
+from scripts.benchmarks.common import (configure_malloc, default_parser, make_closure, make_problem, param_bytes,
                                        sandwiched_ratios, state_bytes)
 
 CHUNK, PERIOD = 10, 100  # steps per timed chunk (= K-FAC's factor interval); refresh period of K-FAC and Shampoo
@@ -77,11 +77,9 @@ def main():
     parser = default_parser(__doc__.splitlines()[0])
     parser.set_defaults(steps=200)
     parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
-    parser.add_argument("--malloc-default", action="store_true",
-                        help="leave glibc's malloc as it is (default: common.keep_freed_memory, for steadier ratios)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    malloc = "glibc default" if args.malloc_default or not keep_freed_memory() else "keeps freed memory"
+    malloc = configure_malloc(args)
     names = list(dict.fromkeys([OPTIMIZERS[n][0] for n in args.optimizers if OPTIMIZERS[n][0]] + args.optimizers))
     clock = "wall clock" if device.type == "cuda" else "process CPU time"
     print(f"device={device} steps={args.steps} in chunks of {CHUNK} between the base's threads={torch.get_num_threads()} "

@@ -28,7 +28,7 @@ import statistics
 import torch
 
 from psgd import PSGD
-from scripts.benchmarks.common import (default_parser, keep_freed_memory, make_closure, make_problem, param_bytes,
+from scripts.benchmarks.common import (configure_malloc, default_parser, make_closure, make_problem, param_bytes,
                                        sandwiched_ratios, state_bytes)
 
 PRECONDITIONERS = ("xmat", "lra", "diag", "newton", "kron")
@@ -150,13 +150,11 @@ def main():
     parser.add_argument("--preconditioners", nargs="+", default=list(PRECONDITIONERS))
     parser.add_argument("--hvp", nargs="+", choices=("exact", "fd"), default=["exact", "fd"])
     parser.add_argument("--repeats", type=int, default=12, help="rounds of --steps steps of each optimizer")
-    parser.add_argument("--malloc-default", action="store_true",
-                        help="leave glibc's malloc as it is (default: common.keep_freed_memory, for steadier ratios)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    malloc = "glibc default" if args.malloc_default or not keep_freed_memory() else "keeps freed memory"
+    malloc = configure_malloc(args)
     reference = _load_reference(args.reference) if args.reference else None
     print(f"device {device}, {args.repeats} rounds of {args.steps} steps per optimizer between SGD's, after "
           f"{args.warmup} warm-up steps; momentum 0.9; threads {torch.get_num_threads()}; malloc {malloc}; "

@@ -224,4 +224,11 @@ def default_parser(description):
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--problems", nargs="+", default=["resnet", "gpt", "lstm"])
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's malloc as it is (default: keep_freed_memory, for steadier ratios)")
     return parser
+
+
+def configure_malloc(args):
+    """Apply ``--malloc-default`` (see keep_freed_memory); returns the setting in words, for the header line."""
+    return "glibc default" if args.malloc_default or not keep_freed_memory() else "keeps freed memory"
