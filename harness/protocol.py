@@ -232,9 +232,9 @@ def build_optimizer(cfg, model, loss_kind, sample_batch, label_smoothing=0.0):
         cfg = _without(cfg, "weight_decay_on")
     accepted = inspect.signature(target.__init__).parameters
     extras = {"model": model, "loss": loss_kind, "sample_batch": sample_batch}
-    if label_smoothing:
+    if label_smoothing and "label_smoothing" not in cfg:  # an explicit optimizer.label_smoothing wins
         extras["label_smoothing"] = label_smoothing
-    extras = {key: value for key, value in extras.items() if key in accepted and key not in cfg}
+    extras = {key: value for key, value in extras.items() if key in accepted}
     params = parameter_groups(model, decay_on, cfg.get("weight_decay"))
     try:
         return hydra.utils.instantiate(cfg, params, **extras, _convert_="all")
