@@ -37,7 +37,9 @@ class LLQR(torch.optim.Optimizer):
     Structures (``block_structure``): "diagonal" (default [C]), "scalar", "kfac", "e-kfac", "dense" (tiny
     problems); biases and norm parameters are diagonal in every structure [C]. One block per module (each
     Linear/Conv/Embedding/norm layer is its own controlled stage, §5 [C]); the table printed at construction
-    says which layer got which structure.
+    says which layer got which structure. Note [R]: with an Adam base, a positive diagonal or scalar U held fixed
+    between refits cancels in m/√v (up to ε and coupled weight decay), so only its changes at refits act; U that
+    mix coordinates (kfac, e-kfac, dense) are not cancelled.
 
     ``mode="paper"`` is the authors' algorithm. ``mode="engineered"`` turns on the spec's safeguards [E]
     (§4.6), each also settable alone: ``scale_free`` (divide ∂J/∂φ by λ_max(M+λI)·‖d‖², use precond_lr ≈ 1),

@@ -61,6 +61,34 @@ def test_identity_without_refits_equals_base(base, kwargs, make_ref, dtype):
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("structure", ["diagonal", "scalar"])
+def test_adam_cancels_a_fixed_positive_diagonal_preconditioner(structure):
+    """m/√v of U·g equals that of g for a fixed positive diagonal U (eps = 0): LLQR on Adam only acts through U's
+    changes at refits (the README's note on diagonal U with an Adam base)."""
+    def trained(base, **kwargs):
+        model = _model()
+        opt = LLQR(model.parameters(), model=model, base=base, block_structure=structure, precond_steps=0,
+                   verbose=False, **kwargs)
+        gen = torch.Generator().manual_seed(3)
+        for factors in opt.preconditioner_factors():
+            for u in factors.values():
+                u.copy_(torch.rand(u.shape, generator=gen, dtype=u.dtype) * 4 + 0.1)
+        _train(model, opt, _batches(5))
+        return list(model.parameters())
+
+    def reference(make):
+        model = _model()
+        _train(model, make(model.parameters()), _batches(5))
+        return list(model.parameters())
+
+    adam = trained("adamw", lr=1e-2, eps=0.0, weight_decay=0.1)
+    for p, q in zip(adam, reference(lambda ps: torch.optim.AdamW(ps, lr=1e-2, eps=0.0, weight_decay=0.1))):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    sgd = trained("sgd", lr=0.1)  # the same U does act on an SGD base
+    assert not all(torch.allclose(p, q) for p, q in zip(sgd, reference(lambda ps: torch.optim.SGD(ps, lr=0.1,
+                                                                                                 momentum=0.9))))
+
+
 def test_weight_decay_mask_equals_param_groups():
     """wd_exclude_norm_and_bias = coupled L2 on weights only ([C] `wd_mask` on Norm / bias)."""
     model, ref_model = _model(), _model()
