@@ -89,8 +89,9 @@ class LQRObjective:
     """J(u) = gᵀu + ½uᵀ(M + λI)u for the parameters ``params`` of ``model`` on (inputs, targets).
 
     ``params`` must be parameters of ``model`` (other parameters are held fixed). ``g`` is the gradient of the
-    mean loss (label-smoothed cross-entropy when ``label_smoothing`` > 0); ``grad_u(u)`` returns g + (M + λI)u; ``value(u)`` returns J(u). ``linearization_cache``: a
-    ``llqr.tangent.LinearizationCache`` shared across refits (Gauss-Newton / NGD only), or None (eager JVPs).
+    mean loss (label-smoothed cross-entropy when ``label_smoothing`` > 0); ``grad_u(u)`` returns g + (M + λI)u;
+    ``value(u)`` returns J(u). ``linearization_cache``: a ``llqr.tangent.LinearizationCache`` shared across refits
+    (Gauss-Newton / NGD only), or None (eager JVPs).
     """
 
     def __init__(self, model, params, loss, inputs, targets, divergence="ngd", damping=0.0,

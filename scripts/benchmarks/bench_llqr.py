@@ -59,18 +59,19 @@ def bench_problem(name, args, device):
     refit_rows = args.precond_batch_size or args.batch_size  # what the optimizer's own refits use (its docstring)
     refit_inputs, refit_targets = inputs[:refit_rows], targets[:refit_rows]
     base = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step_ms(opt):
+        return _time_ms(lambda: opt.step(closure), 1, args.clock, device)
+
     runs = {}
     for structure in args.structures:
         for tangent in args.tangent:
             opt = _make_llqr(model, loss, structure, tangent, args)
-            first = _time_ms(lambda: opt.step(closure), 1, args.clock, device)  # step 0 refits (and traces)
+            first = step_ms(opt)  # step 0 refits (and traces)
             runs[(structure, tangent)] = dict(opt=opt, first=first, step=[], base=[], refit=[], base_refit=[])
     for _ in range(args.warmup):
         for opt in [base] + [run["opt"] for run in runs.values()]:
             opt.step(closure)
-
-    def step_ms(opt):
-        return _time_ms(lambda: opt.step(closure), 1, args.clock, device)
 
     for r in range(args.rounds):
         for key in list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]:
