@@ -16,8 +16,8 @@ round, each variant runs ``--steps`` pairs of one base and one LLQR step and the
 base steps and ``--steps`` more base steps; that round's ratio is mean LLQR step / mean base step of its pairs +
 ms/refit / (T · mean base step around the refit). The ratio printed is the median over ``--rounds`` (a spike hits
 one round), and the ms columns are medians too. ``--clock cpu`` times process CPU seconds instead of wall seconds.
-"step-0 ms" is the first step: its refit also traces the cached linearisation (llqr/tangent.py), which is paid once
-per batch shape.
+"U·g ms" is the preconditioner product alone (part of LLQR's step). "step-0 ms" is the first step: its refit also
+traces the cached linearisation (llqr/tangent.py), which is paid once per batch shape.
 
     OMP_NUM_THREADS=1 python -m scripts.benchmarks.bench_llqr [--device cpu] [--problems resnet gpt] [--clock cpu]
         [--batch-size 128 --precond-batch-size 64]      # the CIFAR preset's ratio of refit to training batch
@@ -68,7 +68,8 @@ def bench_problem(name, args, device):
         for tangent in args.tangent:
             opt = _make_llqr(model, loss, structure, tangent, args)
             first = step_ms(opt)  # step 0 refits (and traces)
-            runs[(structure, tangent)] = dict(opt=opt, first=first, step=[], base=[], refit=[], base_refit=[])
+            runs[(structure, tangent)] = dict(opt=opt, first=first, step=[], base=[], refit=[], base_refit=[],
+                                              apply=[])
     for _ in range(args.warmup):
         for opt in [base] + [run["opt"] for run in runs.values()]:
             opt.step(closure)
@@ -82,14 +83,16 @@ def bench_problem(name, args, device):
             run["refit"].append(_time_ms(lambda: opt.refit(refit_inputs, refit_targets), 1, args.clock, device))
             after = statistics.fmean(step_ms(base) for _ in range(args.steps))
             run["base_refit"].append(0.5 * (run["base"][-1] + after))
+            grads = [p.grad for p in model.parameters()]
+            run["apply"].append(_time_ms(lambda: opt.precondition(grads), args.steps, args.clock, device))
     rows = []
     for (structure, tangent), run in runs.items():
-        med = {k: statistics.median(run[k]) for k in ("base", "step", "refit")}
+        med = {k: statistics.median(run[k]) for k in ("base", "step", "refit", "apply")}
         for period in args.periods:
             ratios = [s / b + f / (period * a)
                       for s, b, f, a in zip(run["step"], run["base"], run["refit"], run["base_refit"])]
-            rows.append((name, structure, tangent, period, med["base"], med["step"], med["refit"], run["first"],
-                         med["step"] + med["refit"] / period, statistics.median(ratios)))
+            rows.append((name, structure, tangent, period, med["base"], med["step"], med["apply"], med["refit"],
+                         run["first"], med["step"] + med["refit"] / period, statistics.median(ratios)))
     return rows
 
 
@@ -115,12 +118,12 @@ def main():
           f"malloc {malloc}, batch {args.batch_size}, refit batch {args.precond_batch_size or args.batch_size}, "
           f"{args.inner_steps} inner steps, divergence={args.divergence}, clock={args.clock}, median of {args.rounds} "
           f"rounds of {args.steps} interleaved step pairs and a refit")
-    header = ("problem", "U", "tangent", "T", "base ms/step", "LLQR ms/step", "ms/refit", "step-0 ms (refit+trace)",
-              "amortised ms/step", "ratio")
+    header = ("problem", "U", "tangent", "T", "base ms/step", "LLQR ms/step", "U·g ms", "ms/refit",
+              "step-0 ms (refit+trace)", "amortised ms/step", "ratio")
     print(" | ".join(header))
     for name in args.problems:
         for row in bench_problem(name, args, device):
-            print(" | ".join([*row[:3], str(row[3])] + [f"{v:.2f}" for v in row[4:9]] + [f"{row[9]:.3f}x"]))
+            print(" | ".join([*row[:3], str(row[3])] + [f"{v:.2f}" for v in row[4:10]] + [f"{row[10]:.3f}x"]))
 
 
 if __name__ == "__main__":

@@ -14,5 +14,5 @@ def test_bench_llqr_prints_amortised_ratios(monkeypatch, capsys):
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("resnet | ")]
     assert [(r[1], r[2], r[3]) for r in rows] == [("diagonal", "traced", "250"), ("diagonal", "traced", "1000")]
     for r in rows:  # amortised = LLQR ms/step + ms/refit / T; ratio: over the base blocks around it (one round)
-        step, refit, amortised, ratio = float(r[5]), float(r[6]), float(r[8]), float(r[9][:-1])
-        assert abs(amortised - (step + refit / int(r[3]))) < 0.01 and ratio > 0
+        step, apply, refit, amortised, ratio = float(r[5]), float(r[6]), float(r[7]), float(r[9]), float(r[10][:-1])
+        assert abs(amortised - (step + refit / int(r[3]))) < 0.01 and ratio > 0 and 0 < apply < step
