@@ -1,10 +1,12 @@
 """The grokking transformer of the LLQR code (`lqr_optimizer/_src/models/grok_model.py`; llqr_spec.md §8 item 2).
 
-Token embedding × sqrt(width) plus a learned position table (N(0, 0.02), `max_len` 5); `n_layers` pre-LayerNorm
-blocks (LayerNorm with scale only, ε 1e-6; causal attention with a fused q/k/v projection without bias, `n_heads`
-heads of `head_dim`, an output projection with bias; GELU MLP); then the whole sequence flattened, a LayerNorm and
-a Linear read-out over the p answers. Preset: 2 layers, width 128, 4 heads of 32, MLP 512. Initialisation as Flax's
-defaults (LeCun-normal kernels, zero biases, embeddings N(0, 1/width)).
+Token embedding × sqrt(width) plus a learned position table (`max_len` 5, initialised N(0, 1) as the authors'
+`pos_embedding`: positions weigh as much as tokens at start); `n_layers` pre-LayerNorm blocks (LayerNorm with scale
+only, ε 1e-5 as their `LayerNorm` wrapper; causal attention with a fused q/k/v projection without bias, `n_heads`
+heads of `head_dim`, an output projection with bias; an MLP with Flax's default GELU, the tanh approximation); then
+the whole sequence flattened, a LayerNorm and a Linear read-out over the p answers. Preset: 2 layers, width 128,
+4 heads of 32, MLP 512. Initialisation as Flax's defaults (LeCun-normal kernels, zero biases, embeddings
+N(0, 1/width)).
 """
 
 import math
@@ -17,7 +19,7 @@ from harness.registry import register_model
 
 
 def _layer_norm(width):
-    return nn.LayerNorm(width, eps=1e-6, bias=False)
+    return nn.LayerNorm(width, eps=1e-5, bias=False)
 
 
 class GrokkingAttention(nn.Module):
@@ -43,7 +45,7 @@ class GrokkingBlock(nn.Module):
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))  # flax nn.gelu's default
 
 
 class GrokkingTransformer(nn.Module):
@@ -53,7 +55,7 @@ class GrokkingTransformer(nn.Module):
             raise ValueError(f"the dataset's sequences have {seq_len} tokens, more than model.max_len={max_len}")
         self.width = width
         self.token = nn.Embedding(vocab_size, width)
-        self.position = nn.Parameter(torch.randn(max_len, width) * 0.02)
+        self.position = nn.Parameter(torch.randn(max_len, width))  # N(0, 1): the authors' pos_embedding init
         self.blocks = nn.ModuleList(GrokkingBlock(width, n_heads, head_dim, mlp_dim) for _ in range(n_layers))
         self.ln_f = _layer_norm(seq_len * width)
         self.head = nn.Linear(seq_len * width, num_classes)
