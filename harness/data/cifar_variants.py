@@ -9,21 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from harness.data.base import ArrayDataset
-from harness.data.vision import CIFAR_MEAN, CIFAR_STD, _normalized, locate_cifar, random_crop_flip, read_cifar_folder
+from harness.data.vision import cifar_dataset, locate_cifar, read_cifar_folder
 from harness.registry import register_dataset
 
 
 def _check_classes(classes):
     if classes not in (10, 100):
         raise ValueError(f"dataset.classes={classes} is invalid; choose 10 or 100")
-
-
-def _build(train, test, classes, batch_size, seed, augment, cutout, cls=ArrayDataset, **extra):
-    train = (_normalized(train[0], CIFAR_MEAN, CIFAR_STD), train[1])
-    test = (_normalized(test[0], CIFAR_MEAN, CIFAR_STD), test[1])
-    data = cls(train, test, batch_size, seed, augment=random_crop_flip(cutout=cutout) if augment else None, **extra)
-    data.info = {"num_classes": classes, "in_channels": 3, "image_size": 32}
-    return data
 
 
 def class_imbalance_indices(labels, classes, num_reduced=5, factor=0.1, seed=0):
@@ -108,7 +100,7 @@ def cifar_class_imbalance(paths, batch_size=128, seed=0, classes=10, num_reduced
     _check_classes(classes)
     (train_x, train_y), test = read_cifar_folder(locate_cifar(paths, classes), classes)
     keep, reduced = class_imbalance_indices(train_y, classes, num_reduced, factor, seed)
-    data = _build((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
+    data = cifar_dataset((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
     data.reduced_classes = reduced
     return data
 
@@ -120,7 +112,7 @@ def cifar_noisy_labels(paths, batch_size=128, seed=0, classes=10, noise_rate=0.6
     (train_x, train_y), test = read_cifar_folder(locate_cifar(paths, classes), classes)
     pixels = (train_x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as the reference
     noisy = instance_noisy_labels(pixels, train_y, noise_rate, classes, noise_seed)
-    data = _build((train_x, noisy), test, classes, batch_size, seed, augment, cutout)
+    data = cifar_dataset((train_x, noisy), test, classes, batch_size, seed, augment, cutout)
     data.clean_labels, data.actual_noise_rate = train_y, float((noisy != train_y).float().mean())
     return data
 
@@ -130,8 +122,8 @@ def cifar_blur_deficit(paths, batch_size=128, seed=0, classes=10, blur_epochs=10
     """PSGD Table 3 "Blur deficit": images down-sampled to 8×8 and back for the first `blur_epochs` epochs."""
     _check_classes(classes)
     train, test = read_cifar_folder(locate_cifar(paths, classes), classes)
-    return _build(train, test, classes, batch_size, seed, augment, cutout, cls=BlurDeficitDataset,
-                  blur_epochs=blur_epochs, blur_size=blur_size)
+    return cifar_dataset(train, test, classes, batch_size, seed, augment, cutout, cls=BlurDeficitDataset,
+                         blur_epochs=blur_epochs, blur_size=blur_size)
 
 
 @register_dataset("cifar_long_tailed")
@@ -140,6 +132,6 @@ def cifar_long_tailed(paths, batch_size=128, seed=0, classes=10, imbalance_ratio
     _check_classes(classes)
     (train_x, train_y), test = read_cifar_folder(locate_cifar(paths, classes), classes)
     keep, counts = long_tailed_indices(train_y, classes, imbalance_ratio, lt_seed)
-    data = _build((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
+    data = cifar_dataset((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
     data.class_counts = counts
     return data

@@ -24,6 +24,15 @@ CIFAR_FILES = {
 }
 # Per-channel statistics used by the papers' CIFAR pipelines (AdaBelief's, which PSGD follows).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+# dataset.normalization: "adabelief" uses the above for CIFAR-10 and CIFAR-100; "per_dataset" uses each set's own
+# statistics, as the LLQR code (SimonDufLab/LLQR lqr_optimizer/_src/utils/utils.py, prepare_dataloader).
+CIFAR_STATS = {
+    "adabelief": {10: (CIFAR_MEAN, CIFAR_STD), 100: (CIFAR_MEAN, CIFAR_STD)},
+    "per_dataset": {
+        10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        100: ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    },
+}
 
 
 def _normalized(images, mean, std):
@@ -32,12 +41,23 @@ def _normalized(images, mean, std):
     return (images - mean) / std
 
 
-def random_crop_flip(pad=4, flip=True, cutout=0):
-    """Augmentation of a batch: random crop after zero padding, horizontal flip, optional Cutout (p = 0.5)."""
+def random_crop_flip(pad=4, flip=True, cutout=0, padding="zeros", cutout_fill=0.0):
+    """Augmentation of a batch: random crop after padding by `pad` on each side, horizontal flip, optional Cutout.
+
+    `padding`: "zeros" (of the normalised images), or "reflect" (mirrored edge pixels, not repeating the edge) as the
+    LLQR code's tf.pad(..., 'REFLECT'), which pads raw pixels: a per-channel affine normalisation commutes with it.
+    Cutout with probability 0.5 sets the pixels within `cutout` // 2 of a uniformly drawn centre, clipped at the
+    border, to `cutout_fill` (a number, or a per-channel (C, 1, 1) tensor): the LLQR code's `apply_cutout`
+    (utils.py), which blacks out raw pixels before normalising. Its crop draws one offset for a whole batch
+    (tf.image.random_crop over the batch tensor); here each image has its own, as usual.
+    """
+    if padding not in ("zeros", "reflect"):
+        raise ValueError(f"dataset.padding={padding!r} is not known; choose 'zeros' or 'reflect'")
+    mode = "constant" if padding == "zeros" else "reflect"
 
     def augment(images, generator):
         n, _, h, w = images.shape
-        padded = F.pad(images, (pad, pad, pad, pad))
+        padded = F.pad(images, (pad, pad, pad, pad), mode=mode)
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
@@ -48,9 +68,10 @@ def random_crop_flip(pad=4, flip=True, cutout=0):
             cy = torch.randint(0, h, (n,), generator=generator)
             cx = torch.randint(0, w, (n,), generator=generator)
             apply = torch.rand(n, generator=generator) < 0.5
+            half = cutout // 2
             for i in torch.nonzero(apply).flatten().tolist():
-                y0, x0 = max(int(cy[i]) - cutout // 2, 0), max(int(cx[i]) - cutout // 2, 0)
-                out[i, :, y0 : y0 + cutout, x0 : x0 + cutout] = 0.0
+                y, x = int(cy[i]), int(cx[i])
+                out[i, :, max(y - half, 0) : y + half, max(x - half, 0) : x + half] = cutout_fill
         return out
 
     return augment
@@ -130,22 +151,33 @@ def locate_cifar(paths, classes):
     return directory / folder_name
 
 
-def _cifar(paths, classes, batch_size, seed, augment, cutout):
-    (train_x, train_y), (test_x, test_y) = read_cifar_folder(locate_cifar(paths, classes), classes)
-    train = (_normalized(train_x, CIFAR_MEAN, CIFAR_STD), train_y)
-    test = (_normalized(test_x, CIFAR_MEAN, CIFAR_STD), test_y)
-    data = ArrayDataset(train, test, batch_size, seed, augment=random_crop_flip(cutout=cutout) if augment else None)
+def cifar_dataset(train, test, classes, batch_size, seed, augment, cutout, normalization="adabelief", padding="zeros",
+                  cls=ArrayDataset, **extra):
+    """A CIFAR dataset from raw [0, 1] (images, labels) splits: normalised with `normalization`'s statistics
+    (CIFAR_STATS), the training split augmented by random_crop_flip (Cutout blacks out raw pixels)."""
+    if normalization not in CIFAR_STATS:
+        raise ValueError(f"dataset.normalization={normalization!r} is not known; choose one of {sorted(CIFAR_STATS)}")
+    mean, std = CIFAR_STATS[normalization][classes]
+    train, test = (_normalized(train[0], mean, std), train[1]), (_normalized(test[0], mean, std), test[1])
+    black = _normalized(torch.zeros(1, 3, 1, 1), mean, std)[0]
+    augmentation = random_crop_flip(cutout=cutout, padding=padding, cutout_fill=black) if augment else None
+    data = cls(train, test, batch_size, seed, augment=augmentation, **extra)
     data.info = {"num_classes": classes, "in_channels": 3, "image_size": 32}
     return data
 
 
+def _cifar(paths, classes, batch_size, seed, augment, cutout, normalization, padding):
+    train, test = read_cifar_folder(locate_cifar(paths, classes), classes)
+    return cifar_dataset(train, test, classes, batch_size, seed, augment, cutout, normalization, padding)
+
+
 @register_dataset("cifar10")
-def cifar10(paths, batch_size=128, seed=0, augment=True, cutout=0):
+def cifar10(paths, batch_size=128, seed=0, augment=True, cutout=0, normalization="adabelief", padding="zeros"):
     """CIFAR-10 with the standard augmentation (random crop, padding 4, horizontal flip, normalisation)."""
-    return _cifar(paths, 10, batch_size, seed, augment, cutout)
+    return _cifar(paths, 10, batch_size, seed, augment, cutout, normalization, padding)
 
 
 @register_dataset("cifar100")
-def cifar100(paths, batch_size=128, seed=0, augment=True, cutout=0):
+def cifar100(paths, batch_size=128, seed=0, augment=True, cutout=0, normalization="adabelief", padding="zeros"):
     """CIFAR-100 with the standard augmentation."""
-    return _cifar(paths, 100, batch_size, seed, augment, cutout)
+    return _cifar(paths, 100, batch_size, seed, augment, cutout, normalization, padding)

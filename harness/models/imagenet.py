@@ -4,6 +4,7 @@ timm builds attention from nn.Linear (a fused `qkv` Linear and a `proj` Linear),
 see every weight matrix. Weights are initialised from scratch (no pretrained download).
 """
 
+from harness.models.initialization import initialize
 from harness.registry import register_model
 
 
@@ -14,9 +15,10 @@ def _timm_model(name, info, **kwargs):
 
 
 @register_model("resnet50")
-def resnet50(info, zero_init_last=True):
-    """ResNet-50 v1.5 (stride on the 3×3 convolution), timm's `resnet50`."""
-    return _timm_model("resnet50", info, zero_init_last=zero_init_last)
+def resnet50(info, zero_init_last=True, init="torch", bn_momentum=0.1):
+    """ResNet-50 v1.5 (stride on the 3×3 convolution), timm's `resnet50`. `init="flax"`, `bn_momentum=0.01`: the LLQR
+    code's flax defaults (its resnet.py, create_resnet50), every BN scale 1 whatever `zero_init_last` says."""
+    return initialize(_timm_model("resnet50", info, zero_init_last=zero_init_last), init, bn_momentum)
 
 
 @register_model("vit_s16")

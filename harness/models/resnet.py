@@ -2,11 +2,13 @@
 
 `shortcut=False` removes the residual connections (the PSGD paper's ResNet18-RF), and
 `activation="soft_lrelu"` is the PSGD reference code's smooth leaky ReLU 0.51x + 0.49·sqrt(x² + ε²) − 0.49ε.
+`init="flax"`, `bn_momentum=0.01` are the LLQR code's flax defaults (its resnet.py; harness/models/initialization.py).
 """
 
 import torch
 import torch.nn as nn
 
+from harness.models.initialization import initialize
 from harness.registry import register_model
 
 
@@ -66,5 +68,6 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(info, width=64, shortcut=True, activation="relu"):
-    return ResNet([2, 2, 2, 2], info["num_classes"], info.get("in_channels", 3), width, shortcut, activation)
+def resnet18(info, width=64, shortcut=True, activation="relu", init="torch", bn_momentum=0.1):
+    model = ResNet([2, 2, 2, 2], info["num_classes"], info.get("in_channels", 3), width, shortcut, activation)
+    return initialize(model, init, bn_momentum)

@@ -37,9 +37,12 @@ def _xavier_linear(d_in, d_out, gain=1.0):
 
 
 def _init_attention(attention):
-    """fairseq's MultiheadAttention.reset_parameters: xavier with gain 1/sqrt(2) for q/k/v, 1 for out, zero out-bias."""
+    """fairseq's MultiheadAttention.reset_parameters: xavier with gain 1/sqrt(2) for q/k/v, 1 for out; every bias zero,
+    as the LLQR code (its transformer_iwslt.py passes bias_init=zeros and out_bias_init=zeros; fairseq itself zeroes
+    only the out-bias)."""
     for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
         nn.init.xavier_uniform_(proj.weight, gain=2**-0.5)
+        nn.init.zeros_(proj.bias)
     nn.init.xavier_uniform_(attention.out_proj.weight)
     nn.init.zeros_(attention.out_proj.bias)
 

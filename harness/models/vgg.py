@@ -1,9 +1,11 @@
 """VGG16-BN for CIFAR (32×32 inputs), as in the LLQR code's `vgg.py`: thirteen 3×3 convolutions (with bias) each
 followed by BatchNorm and ReLU, max-pooling after each of the five blocks, then Dropout 0.5 → Linear 512 → ReLU →
-Dropout 0.5 → Linear 512 → ReLU → Linear classes. 15,253,578 parameters for 10 classes."""
+Dropout 0.5 → Linear 512 → ReLU → Linear classes. 15,253,578 parameters for 10 classes. `init="flax"` is the LLQR
+code's initialisation (flax defaults; its BN momentum 0.9 is torch's default 0.1): harness/models/initialization.py."""
 
 import torch.nn as nn
 
+from harness.models.initialization import initialize
 from harness.registry import register_model
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -30,8 +32,9 @@ class VGG(nn.Module):
 
 
 @register_model("vgg16_bn")
-def vgg16_bn(info, dropout=0.5, hidden=512, width=64):
+def vgg16_bn(info, dropout=0.5, hidden=512, width=64, init="torch", bn_momentum=0.1):
     """`width` scales every convolution's channels (64: the standard network; smaller for CPU tests)."""
     if info.get("image_size", 32) != 32:
         raise ValueError(f"vgg16_bn is the CIFAR variant (32×32 inputs); the dataset's images are {info['image_size']} wide")
-    return VGG(VGG16_BLOCKS, info["num_classes"], info.get("in_channels", 3), dropout, hidden, width)
+    model = VGG(VGG16_BLOCKS, info["num_classes"], info.get("in_channels", 3), dropout, hidden, width)
+    return initialize(model, init, bn_momentum)

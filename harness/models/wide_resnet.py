@@ -1,11 +1,14 @@
 """Wide ResNet (Zagoruyko & Komodakis 2016) for CIFAR, as in the LLQR code's `wide_resnet.py`: a 3×3 stem of 16
 channels, three groups of (depth − 4)/6 pre-activation blocks (BN-ReLU-conv3×3-BN-ReLU-[dropout]-conv3×3, 1×1
 projection shortcuts where the shape changes) of 16k, 32k, 64k channels, then BN-ReLU-global pooling-Linear.
-Convolutions have no bias; the LLQR code's dropout rate is 0. WRN-28-10 has 36,479,194 parameters for 10 classes."""
+Convolutions have no bias; the LLQR code's dropout rate is 0. WRN-28-10 has 36,479,194 parameters for 10 classes.
+`init="flax"` is the LLQR code's initialisation (flax defaults; its BN momentum 0.9 is torch's default 0.1):
+harness/models/initialization.py."""
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.models.initialization import initialize
 from harness.registry import register_model
 
 
@@ -49,5 +52,5 @@ class WideResNet(nn.Module):
 
 
 @register_model("wide_resnet")
-def wide_resnet(info, depth=28, widen_factor=10, dropout=0.0):
-    return WideResNet(depth, widen_factor, info["num_classes"], info.get("in_channels", 3), dropout)
+def wide_resnet(info, depth=28, widen_factor=10, dropout=0.0, init="torch", bn_momentum=0.1):
+    return initialize(WideResNet(depth, widen_factor, info["num_classes"], info.get("in_channels", 3), dropout), init, bn_momentum)
