@@ -82,16 +82,26 @@ def logistic_regression(info, features="flat"):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 as in the PSGD reference's MNIST demo: two 5×5 convolutions with max-pooling, then 120-84-classes."""
+    """LeNet-5 as in the PSGD reference's MNIST demo: two 5×5 convolutions with max-pooling, then 120-84-classes.
 
-    def __init__(self, in_channels, image_size, num_classes):
+    ``init="psgd_reference"``: every weight and bias drawn 0.1·N(0, 1), as `mnist_with_lenet5.py` (lixilinx/psgd_torch
+    f0fa983); ``init="torch"``: PyTorch's default initialisation of each layer.
+    """
+
+    def __init__(self, in_channels, image_size, num_classes, init="psgd_reference"):
         super().__init__()
+        if init not in ("psgd_reference", "torch"):
+            raise ValueError(f"model.init={init!r} is not known; choose 'psgd_reference' or 'torch'")
         self.conv1 = nn.Conv2d(in_channels, 6, 5)
         self.conv2 = nn.Conv2d(6, 16, 5)
         side = ((image_size - 4) // 2 - 4) // 2
         self.fc1 = nn.Linear(16 * side * side, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
+        if init == "psgd_reference":
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.normal_(0.0, 0.1)
 
     def forward(self, x):
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
@@ -101,8 +111,8 @@ class LeNet5(nn.Module):
 
 
 @register_model("lenet5")
-def lenet5(info):
-    return LeNet5(info["in_channels"], info["image_size"], info["num_classes"])
+def lenet5(info, init="psgd_reference"):
+    return LeNet5(info["in_channels"], info["image_size"], info["num_classes"], init)
 
 
 class XorRNN(nn.Module):
