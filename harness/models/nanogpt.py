@@ -3,8 +3,11 @@
 Layout and initialisation follow nanoGPT's `model.py`: token and position embeddings, pre-LayerNorm blocks
 (fused `c_attn` q/k/v projection, `c_proj`; MLP `c_fc` 4× wide with GELU, `c_proj`), a final LayerNorm and
 an LM head tied to the token embedding; weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2·n_layer)).
-GPT-2 124M (12/12/768, block 1024, vocab 50257, bias) has 124,439,808 parameters (nanoGPT prints 123.65M:
-it leaves out the position embedding). The model returns logits at every position, (batch, time, vocab).
+The PSGD authors' fork (opooladz/Preconditioned-Stochastic-Gradient-Descent@7a6b914, nanoGPT-PSGD/model.py) is the
+earlier nanoGPT: an untied LM head (`tie_weights: false`), biases, no init of its own (`init: torch`: PyTorch's layer
+defaults) and the tanh GELU (`gelu_approximate: tanh`). GPT-2 124M (12/12/768, block 1024, vocab 50257, bias) has
+124,439,808 parameters (nanoGPT prints 123.65M: it leaves out the position embedding). The model returns logits at
+every position, (batch, time, vocab).
 """
 
 import math
@@ -46,22 +49,23 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd, dropout, bias):
+    def __init__(self, n_embd, dropout, bias, gelu_approximate="none"):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        self.gelu_approximate = gelu_approximate
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu_approximate)))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd, n_head, dropout, bias):
+    def __init__(self, n_embd, n_head, dropout, bias, gelu_approximate="none"):
         super().__init__()
         self.ln_1, self.ln_2 = LayerNorm(n_embd, bias), LayerNorm(n_embd, bias)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, dropout, bias, gelu_approximate)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -69,21 +73,25 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True, tie_weights=True):
+    def __init__(self, vocab_size, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True,
+                 tie_weights=True, init="gpt2", gelu_approximate="none"):
         super().__init__()
+        if init not in ("gpt2", "torch"):
+            raise ValueError(f"model.init={init!r} is invalid; choose 'gpt2' (N(0, 0.02)) or 'torch' (layer defaults)")
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
+        self.h = nn.ModuleList(Block(n_embd, n_head, dropout, bias, gelu_approximate) for _ in range(n_layer))
         self.ln_f = LayerNorm(n_embd, bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         if tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying (nanoGPT, GPT-2)
-        self.apply(_init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+        if init == "gpt2":  # "torch": the layers' own initialisation, which nanoGPT-PSGD/model.py keeps
+            self.apply(_init_weights)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
+                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, idx):
         t = idx.shape[1]
@@ -105,7 +113,9 @@ def _init_weights(module):
 
 
 @register_model("nanogpt")
-def nanogpt(info, n_layer=6, n_head=6, n_embd=384, block_size=None, dropout=0.2, bias=False, tie_weights=True):
+def nanogpt(info, n_layer=6, n_head=6, n_embd=384, block_size=None, dropout=0.2, bias=False, tie_weights=True,
+            init="gpt2", gelu_approximate="none"):
     """nanoGPT; `block_size` defaults to the dataset's context length (info["seq_len"])."""
     block_size = block_size or info["seq_len"]
-    return GPT(info["vocab_size"], block_size, n_layer, n_head, n_embd, dropout, bias, tie_weights)
+    return GPT(info["vocab_size"], block_size, n_layer, n_head, n_embd, dropout, bias, tie_weights, init,
+               gelu_approximate)

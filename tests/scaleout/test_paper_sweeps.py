@@ -150,3 +150,36 @@ def test_the_readme_lists_every_sweep_with_its_job_count_and_device():
         spec = load_sweep(sweep)
         device = "GPU" if (spec.get("resources") or {}).get("gpus_per_node") else "CPU"
         assert rows.get(sweep) == (len(list(jobs_of(spec))), device), sweep
+
+
+# AdaBelief's run_all_layer{1,2,3}.py and its PTB main.py (the PSGD authors' copy: opooladz/Preconditioned-Stochastic-
+# Gradient-Descent@7a6b914 RNN-PennTreeBank/): step size by layer count, AdaBelief's --eps (the only optimizer main.py
+# passes it to), and what each constructor call fixes (SGD without momentum, AdaBound's final_lr 30, coupled decay but
+# for AdamW.py and RAdam.py).
+RUN_ALL_LR = {1: {"adabelief": 0.001, "adam": 0.001, "adamw": 0.001, "radam": 0.001},
+              2: {"adabelief": 0.01, "adam": 0.01, "adamw": 0.01, "radam": 0.01},
+              3: {"adabelief": 0.01, "adam": 0.01, "adamw": 0.01, "radam": 0.01}}
+RUN_ALL_COMMON = {"sgd": {"lr": 30.0, "momentum": 0.0, "weight_decay": 1.2e-6},
+                  "adabound": {"lr": 0.01, "final_lr": 30.0, "gamma": 1e-3, "eps": 1e-8, "weight_decouple": False},
+                  "yogi": {"lr": 0.01, "eps": 1e-3, "weight_decouple": False},
+                  "adam": {"eps": 1e-8}, "adamw": {"eps": 1e-8},
+                  "radam": {"eps": 1e-8, "decoupled_weight_decay": True},
+                  "adabelief": {"weight_decouple": False, "rectify": False}}
+
+
+def test_table4_baselines_follow_the_run_all_scripts():
+    seen = set()
+    for name, overrides in unique_jobs("psgd_table4"):
+        cfg = built(overrides)
+        layers, optimizer = cfg["model"]["num_layers"], cfg["choices"]["optimizer"]
+        seen.add((layers, optimizer))
+        expected = {**RUN_ALL_COMMON.get(optimizer, {})}
+        if optimizer in RUN_ALL_LR[layers]:
+            expected["lr"] = RUN_ALL_LR[layers][optimizer]
+        if optimizer == "adabelief":
+            expected["eps"] = 1e-16 if layers == 1 else 1e-12
+        if optimizer != "psgd_xmat":
+            expected.update(weight_decay=1.2e-6)
+            assert cfg["trainer"]["grad_clip"] == 0.25, name
+        assert {key: cfg["optimizer"][key] for key in expected} == expected, name
+    assert len(seen) == 30
