@@ -49,19 +49,25 @@ def _number(text):
 
 
 def curves_figure(path, run_dirs):
-    """train/loss (left) and val/accuracy (right, when logged) against step, one line per run directory."""
-    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    """train/loss (left) and val/accuracy (right; val/loss when no run logs an accuracy) against step, one line per
+    run directory."""
+    figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    runs = []
     for run_dir in map(Path, run_dirs):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         label = f"{(summary.get('choices') or {}).get('optimizer', run_dir.name)} s{summary.get('seed', '?')}"
-        for axes, key in ((loss_axes, "train/loss"), (acc_axes, "val/accuracy")):
+        runs.append((records, label))
+    logs_accuracy = any(r.get("val/accuracy") is not None for records, _ in runs for r in records)
+    val_key = "val/accuracy" if logs_accuracy else "val/loss"
+    for records, label in runs:
+        for axes, key in ((loss_axes, "train/loss"), (val_axes, val_key)):
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
                 axes.plot(*zip(*points), marker=".", label=label)
     loss_axes.set(xlabel="step", ylabel="train/loss", yscale="log")
-    acc_axes.set(xlabel="step", ylabel="val/accuracy")
+    val_axes.set(xlabel="step", ylabel=val_key)
     loss_axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
