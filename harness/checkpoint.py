@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.atomic import replace_from_temporary
+
 
 def rng_state():
     """Every random-number state a run uses, in a form `torch.load(weights_only=True)` accepts."""
@@ -38,13 +40,14 @@ def set_rng_state(state):
 
 def save_atomic(obj, path):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+
+    def write_synced(temporary):
+        with open(temporary, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    replace_from_temporary(write_synced, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -10,6 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
+from harness.atomic import replace_from_temporary
+
 
 class MetricsFile:
     """Appends one JSON object per line to `<run_dir>/metrics.jsonl`."""
@@ -23,9 +25,8 @@ class MetricsFile:
     def _truncate_after(self, step):
         """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        os.replace(temporary, self.path)
+        text = "".join(line + "\n" for line in kept)
+        replace_from_temporary(lambda temporary: temporary.write_text(text), self.path)
 
     def log(self, record):
         self.handle.write(json.dumps(record) + "\n")

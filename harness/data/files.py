@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import replace_from_temporary
 from harness.errors import DataNotFoundError
 
 
@@ -74,10 +75,7 @@ def _first_verified(candidates, remote, destination):
     for path in candidates:
         if path.is_file() and file_md5(path) == remote.md5:
             if path != destination:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                partial = destination.with_suffix(destination.suffix + ".partial")
-                shutil.copyfile(path, partial)
-                partial.replace(destination)
+                replace_from_temporary(lambda temporary, source=path: shutil.copyfile(source, temporary), destination)
             return True
     return False
 

@@ -11,6 +11,8 @@ split as every 23rd line of the cleaned training text; a joint BPE of about 10k 
 import json
 from pathlib import Path
 
+from harness.atomic import replace_from_temporary
+
 LANGS = ("de", "en")
 SPLITS = ("train", "valid", "test")
 BPE_MARK = "@@"
@@ -137,9 +139,8 @@ def prepare(out, tokenized=None, raw=None, train_from="train", vocab_size=10000)
     tokenizer.save(str(out / "bpe.json"))
     for split, (de, en) in splits.items():
         for lang, lines in (("de", de), ("en", en)):
-            partial = out / f"{split}.{lang}.partial"
-            partial.write_text("\n".join(apply_bpe(tokenizer, lines)) + "\n", encoding="utf-8")
-            partial.replace(out / f"{split}.{lang}")
+            text = "\n".join(apply_bpe(tokenizer, lines)) + "\n"
+            replace_from_temporary(lambda temporary, text=text: temporary.write_text(text, encoding="utf-8"), out / f"{split}.{lang}")
     info = {"train_from": train_from, "vocab_size": vocab_size, "lines": {s: len(p[0]) for s, p in splits.items()}}
     (out / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

@@ -61,6 +61,39 @@ def test_mirror_file_with_a_wrong_checksum_is_not_used(tmp_path):
     assert (target / "a.bin").read_bytes() == b"corrupt", "a verified mirror file is copied into the cache"
 
 
+def test_two_processes_copying_the_same_mirror_file_do_not_collide(tmp_path, monkeypatch):
+    """Two runs starting together on one cache (two sweep lanes, a SLURM array) both copy the mirror file.
+
+    The second process copies and renames after the first has copied but before it renames; the first must
+    still finish. With one shared `.partial` name the first run's rename failed (FileNotFoundError), as
+    happened to a sweep.
+    """
+    import harness.atomic
+    import harness.data.files as files
+
+    mirror = tmp_path / "mirror"
+    (mirror / "toy").mkdir(parents=True)
+    (mirror / "toy" / "a.bin").write_bytes(b"payload")
+    remote = RemoteFile("a.bin", file_md5(mirror / "toy" / "a.bin"))
+    real_copy, real_pid = files.shutil.copyfile, harness.atomic.os.getpid
+    interleaved = []
+
+    def copy_then_let_another_process_fetch(source, target):
+        copied = real_copy(source, target)
+        if not interleaved:
+            interleaved.append(target)
+            monkeypatch.setattr(harness.atomic.os, "getpid", lambda: real_pid() + 1)
+            fetch_files("toy", paths_for(tmp_path, mirror), "toy", [remote])  # the other process, start to end
+            monkeypatch.setattr(harness.atomic.os, "getpid", real_pid)
+        return copied
+
+    monkeypatch.setattr(files.shutil, "copyfile", copy_then_let_another_process_fetch)
+    target = fetch_files("toy", paths_for(tmp_path, mirror), "toy", [remote])
+    assert interleaved, "the interleaving did not happen"
+    assert (target / "a.bin").read_bytes() == b"payload"
+    assert sorted(p.name for p in target.iterdir()) == ["a.bin"], "no temporary file is left behind"
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="the offline mirror (../shared/data) is not on this machine")
 def test_mnist_from_the_mirror(tmp_path):
     data = build_dataset({"name": "mnist", "batch_size": 64}, paths_for(tmp_path, SHARED_DATA), seed=0)
