@@ -78,6 +78,9 @@ class GPT(nn.Module):
         super().__init__()
         if init not in ("gpt2", "torch"):
             raise ValueError(f"model.init={init!r} is invalid; choose 'gpt2' (N(0, 0.02)) or 'torch' (layer defaults)")
+        if gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"model.gelu_approximate={gelu_approximate!r} is invalid; choose 'none' (exact erf GELU) "
+                             "or 'tanh' (GPT-2's approximation)")
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)

@@ -71,3 +71,9 @@ def test_unknown_init_is_refused():
     with pytest.raises(ConfigError, match="model.init='xavier' is invalid"):
         build_model(OmegaConf.create({"name": "nanogpt", "n_layer": 1, "n_head": 1, "n_embd": 4, "init": "xavier"}),
                     {"vocab_size": 5, "seq_len": 4})
+
+
+def test_unknown_gelu_approximation_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="model.gelu_approximate='tahn' is invalid; choose 'none'"):
+        build_model(OmegaConf.create({"name": "nanogpt", "n_layer": 1, "n_head": 1, "n_embd": 4,
+                                      "gelu_approximate": "tahn"}), {"vocab_size": 5, "seq_len": 4})
