@@ -167,3 +167,21 @@ def dense_factor(q, kind):
 def dense_q(state):
     """kron(Qr, Ql) as a dense matrix acting on vec(block) in column-major order (for tests)."""
     return torch.kron(dense_factor(state["Qr"], state["Qr_kind"]), dense_factor(state["Ql"], state["Ql_kind"]))
+
+
+def _factor_p_diagonal(q, kind):
+    """diag(qᵀq) of one factor in its format, without forming a dense matrix for "diag" and "norm"."""
+    if kind == "dense":
+        return (q * q).sum(0)
+    if kind == "diag":
+        return q * q
+    out = q[0] * q[0]
+    out[-1] += (q[1, :-1] * q[1, :-1]).sum()  # the last column holds q[1] above the diagonal
+    return out
+
+
+def p_diagonal(state):
+    """diag(P) of P = kron(QrᵀQr, QlᵀQl), shaped like the block matrix: entry (i, j) is (QlᵀQl)_ii (QrᵀQr)_jj."""
+    left = _factor_p_diagonal(state["Ql"], state["Ql_kind"])
+    right = _factor_p_diagonal(state["Qr"], state["Qr_kind"])
+    return torch.outer(left, right)

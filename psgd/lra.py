@@ -125,3 +125,9 @@ def dense_q(state):
     U, V, d = state["U"], state["V"], state["d"]
     eye = torch.eye(d.shape[0], dtype=d.dtype, device=d.device)
     return (eye + U.mm(V.t())) * d.t()
+
+
+def p_diagonal(state):
+    """diag(P) for Q = (I + UVᵀ)D: P_jj = d_j² (1 + 2 U_j·V_j + V_j UᵀU V_jᵀ) (rows U_j, V_j), without forming P."""
+    U, V, d = state["U"], state["V"], state["d"][:, 0]
+    return d * d * (1 + 2 * (U * V).sum(1) + (V.mm(U.t().mm(U)) * V).sum(1))

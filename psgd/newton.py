@@ -32,3 +32,8 @@ def precondition(state, g):
 
 def dense_q(state):
     return state["Q"]
+
+
+def p_diagonal(state):
+    """diag(QᵀQ): the squared column norms of Q."""
+    return (state["Q"] * state["Q"]).sum(0)

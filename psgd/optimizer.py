@@ -129,6 +129,21 @@ class PSGD(torch.optim.Optimizer):
         keys = {"xmat": ("a", "b"), "lra": ("U", "V", "d"), "diag": ("U", "V", "d"), "newton": ("Q",)}
         return {k: self.state[group["params"][0]][k] for k in keys[group["preconditioner"]]}
 
+    def preconditioner_diagonal(self, group_index=0):
+        """diag(P), P = QᵀQ, of one group, one tensor per parameter in its shape (what P does to each coordinate:
+        for a scalar P = c·I every entry is c). Computed in closed form from Q, never forming P."""
+        group = self.param_groups[group_index]
+        params = group["params"]
+        if group["preconditioner"] != "kron":
+            return _split(p_diagonal_of(self.state[params[0]]), params)
+        out = [None] * len(params)
+        for block in group["kron_blocks"]:
+            members = [params[i] for i in block]
+            diagonal = p_diagonal_of(self.state[members[0]])
+            for i, d in zip(block, kron.split_block(diagonal, members, len(block) == 2)):
+                out[i] = d
+        return out
+
     def state_dict(self):
         state = super().state_dict()
         state["psgd_rng"] = self._rng.state()
@@ -337,6 +352,15 @@ class PSGD(torch.optim.Optimizer):
                 if decay:
                     update = update + decay * p
             p.sub_(update)
+
+
+def p_diagonal_of(state):
+    """diag(P) from one preconditioner's state (as in a checkpoint's optimizer state), its kind told by its keys:
+    a flat vector for xmat/lra/diag/newton, the block's matrix shape for kron; None for a state without one."""
+    for key, module in (("a", xmat), ("U", lra), ("Q", newton), ("Ql", kron)):
+        if key in state:
+            return module.p_diagonal(state)
+    return None
 
 
 def _kron_blocks(params, model):

@@ -52,6 +52,16 @@ def coefficients(a, b):
     return a * a + _flip(b * b), ab + _flip(ab)
 
 
+def p_diagonal(state):
+    """The diagonal of P = QᵀQ: a² + flip(b²), plus the anti-diagonal term where they cross (odd n's middle)."""
+    diagonal, anti_diagonal = coefficients(state["a"], state["b"])
+    half, odd = divmod(len(diagonal), 2)
+    if odd:
+        diagonal = diagonal.clone()
+        diagonal[half] += anti_diagonal[half]
+    return diagonal
+
+
 class Coefficients:
     """`coefficients` of a state's (a, b), recomputed only when either tensor was replaced or changed in place
     (tracked by identity and torch's version counter); kept outside the state_dict."""

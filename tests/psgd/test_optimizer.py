@@ -304,3 +304,47 @@ def test_xmat_loading_an_older_state_into_the_same_optimizer_resumes_exactly():
             o.step(_protocol_closure(m, x, y, decay=0.0))
     for p, q in zip(model.parameters(), model2.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
+def test_preconditioner_diagonal_is_the_diagonal_of_the_dense_p(preconditioner):
+    from psgd import kron, lra, newton, xmat
+
+    model = _mlp(dtype=F64)
+    x, y = _data(dtype=F64)
+    opt = PSGD(model.parameters(), preconditioner=preconditioner, lr=0.1, lr_preconditioner=0.1, rank=2, rng_seed=0)
+    closure = _protocol_closure(model, x, y)
+    for _ in range(5):
+        opt.step(closure)
+    params = opt.param_groups[0]["params"]
+    diagonal = opt.preconditioner_diagonal()
+    assert [d.shape for d in diagonal] == [p.shape for p in params]
+    if preconditioner == "kron":
+        for block in opt.param_groups[0]["kron_blocks"]:
+            matrix = kron.block_matrix([diagonal[i] for i in block], len(block) == 2)
+            Q = kron.dense_q(opt.state[params[block[0]]])
+            expected = torch.diagonal(Q.t() @ Q).reshape(matrix.shape[1], matrix.shape[0]).t()  # column-major vec
+            torch.testing.assert_close(matrix, expected)
+    else:
+        module = {"xmat": xmat, "lra": lra, "diag": lra, "newton": newton}[preconditioner]
+        Q = module.dense_q(opt.state[params[0]])
+        torch.testing.assert_close(torch.cat([d.reshape(-1) for d in diagonal]), torch.diagonal(Q.t() @ Q))
+    assert torch.cat([d.reshape(-1) for d in diagonal]).std() > 0, "five updates have moved P away from c·I"
+
+
+def test_checkpoint_script_reports_the_diagonal_of_a_saved_preconditioner(tmp_path, capsys):
+    """scripts/psgd_preconditioner_diagonal.py on a checkpoint in train.py's layout prints the extremes of an
+    XMat state's a² + flip(b²)."""
+    from scripts.psgd_preconditioner_diagonal import main
+
+    model = _mlp()
+    opt = PSGD(model.parameters(), preconditioner="xmat", preconditioner_init_scale=0.1)
+    opt.step(_protocol_closure(model, *_data()))  # creates the state (and moves P a little)
+    opt.state[opt.param_groups[0]["params"][0]]["a"].copy_(torch.linspace(1.0, 2.0, 58))
+    opt.state[opt.param_groups[0]["params"][0]]["b"].zero_()
+    torch.save({"optimizer": opt.state_dict(), "step": 7}, tmp_path / "step.pt")
+    main([str(tmp_path / "step.pt")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("(step 7): diag(P)")
+    index, n, low, *quantiles, high = lines[2].split()
+    assert (index, n, float(low), float(high)) == ("0", "58", 1.0, 4.0)  # a from 1 to 2: a² from 1 to 4

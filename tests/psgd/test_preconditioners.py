@@ -77,6 +77,30 @@ def test_kron_precondition_equals_dense(kinds):
     torch.testing.assert_close(kron.precondition(state, G), expected, rtol=1e-12, atol=1e-12)
 
 
+def _dense_p_diagonal(Q):
+    return torch.diagonal(Q.t() @ Q)
+
+
+@pytest.mark.parametrize("middle_b", [0.0, 0.4])
+def test_p_diagonal_of_xmat_equals_dense(middle_b):
+    state = _random_xmat()
+    state["b"][51 // 2] = middle_b  # the middle entry, where the diagonal and the anti-diagonal cross
+    torch.testing.assert_close(xmat.p_diagonal(state), _dense_p_diagonal(xmat.dense_q(state)), rtol=1e-12, atol=1e-12)
+
+
+def test_p_diagonal_of_lra_and_newton_equals_dense():
+    for module, state in ((lra, _random_lra()), (lra, _random_lra(rank=0)), (newton, _random_newton())):
+        expected = _dense_p_diagonal(module.dense_q(state))
+        torch.testing.assert_close(module.p_diagonal(state), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kinds", KRON_KINDS)
+def test_p_diagonal_of_kron_equals_dense(kinds):
+    state = _random_kron(kinds=kinds)
+    expected = _dense_p_diagonal(kron.dense_q(state)).reshape(5, 6).t()  # vec() in column-major order
+    torch.testing.assert_close(kron.p_diagonal(state), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["dense", "diag", "norm"])
 def test_kron_factor_inverse_transpose_equals_solve(kind):
     q = _random_factor(7, kind, torch.Generator().manual_seed(4))
