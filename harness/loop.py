@@ -20,7 +20,7 @@ from harness.data import DataPaths, build_dataset, to_device
 from harness.distributed import Distributed
 from harness.errors import ConfigError, NonFiniteLossError
 from harness.loggers import Loggers
-from harness.metrics import evaluate, final_metrics
+from harness.metrics import DistanceFromInit, evaluate, final_metrics
 from harness.models import build_model
 from harness.preemption import PreemptionGuard
 from harness.protocol import LossClosure, build_optimizer, l2_regularizer, loss_function
@@ -75,6 +75,7 @@ def train(cfg, run_dir):
     ranks = Distributed.from_environment(trainer.device)
     device = ranks.device(resolve_device(trainer.device))
     run = build_run(cfg, device)
+    distance_from_init = DistanceFromInit(run.model) if trainer.get("distance_from_init") else None
     if ranks.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
@@ -136,6 +137,8 @@ def train(cfg, run_dir):
     if cfg.checkpoint.at_end:
         save_checkpoint(step)
     extra = final_metrics(run.model, run.dataset, device)
+    if distance_from_init is not None:
+        extra.update(distance_from_init(run.model))
     if extra:
         best.setdefault("last", {}).update(extra)
         loggers.log({"step": step, **extra})

@@ -58,3 +58,29 @@ def final_metrics(model, dataset, device):
     its optional `final_metrics(model, device) -> dict` method."""
     extra = getattr(dataset, "final_metrics", None)
     return extra(model, device) if extra is not None else {}
+
+
+@torch.no_grad()
+def prediction_entropy(model, inputs, device, batch_size=1024):
+    """Entropy (nats) of the model's softmax on each input, −Σ p log p, computed in float64 from the logits so that
+    the very small entropies of confident predictions (1e-16 and below, PSGD paper Table 11) are not rounded to 0."""
+    model.eval()
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        log_p = model(to_device(inputs[start:start + batch_size], device)).double().log_softmax(-1)
+        out.append(-(log_p.exp() * log_p).sum(-1).cpu())
+    model.train()
+    return torch.cat(out)
+
+
+class DistanceFromInit:
+    """‖θ − θ₀‖₂ over all parameters (PSGD paper Table 11, after Cao & Gu 2019). θ₀ is copied when the run's model
+    is built (seeded, before any checkpoint is loaded), so a resumed run measures from the same θ₀."""
+
+    def __init__(self, model):
+        self.initial = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def __call__(self, model):
+        squares = sum(float((p.detach() - p0).double().pow(2).sum()) for p, p0 in zip(model.parameters(), self.initial))
+        return {"distance_from_init": math.sqrt(squares)}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from harness.data.base import ArrayDataset, split_indices
 from harness.data.files import RemoteFile, fetch_files
+from harness.errors import DataNotFoundError
 from harness.registry import register_dataset
 
 MNIST_FILES = [
@@ -96,10 +97,19 @@ def digits(paths, batch_size=64, seed=0, image_size=28, test_fraction=0.2):
 
 
 @register_dataset("mnist")
-def mnist(paths, batch_size=64, seed=0, normalize=True):
-    """MNIST (LeCun's four files; read from the mirror, the cache or downloaded, each md5-checked)."""
+def mnist(paths, batch_size=64, seed=0, normalize=True, entropy_subsets=None, train_on="all"):
+    """MNIST (LeCun's four files; read from the mirror, the cache or downloaded, each md5-checked).
+
+    `entropy_subsets`: a file written by scripts/entropy_subsets.py (an oracle's lowest- and highest-entropy
+    training points, PSGD paper Table 11). With it, `train_on` may be "low_entropy" or "high_entropy" (train on
+    that subset only), and the run ends by recording the model's mean prediction entropy on both subsets."""
     from torchvision.datasets import MNIST
 
+    if entropy_subsets is None and train_on != "all":
+        raise ValueError(f"dataset.train_on={train_on!r} needs dataset.entropy_subsets (a file written by "
+                         "scripts/entropy_subsets.py); or set dataset.train_on=all")
+    if train_on not in ("all", *EntropySubsetsDataset.SUBSETS):
+        raise ValueError(f"dataset.train_on={train_on!r} is invalid; choose all, low_entropy or high_entropy")
     files = [RemoteFile(f.name, f.md5, MNIST_URL + f.name) for f in MNIST_FILES]
     fetch_files("MNIST", paths, "MNIST/raw", files, mirror_subdir="mnist")
     splits = [MNIST(str(paths.root), train=train, download=True) for train in (True, False)]
@@ -109,9 +119,52 @@ def mnist(paths, batch_size=64, seed=0, normalize=True):
         if normalize:
             images = (images - 0.1307) / 0.3081
         tensors.append((images, split.targets.long()))
-    data = ArrayDataset(tensors[0], tensors[1], batch_size, seed)
+    if entropy_subsets is None:
+        data = ArrayDataset(tensors[0], tensors[1], batch_size, seed)
+    else:
+        data = EntropySubsetsDataset(tensors[0], tensors[1], batch_size, seed, entropy_subsets, train_on)
     data.info = {"num_classes": 10, "in_channels": 1, "image_size": 28}
     return data
+
+
+class EntropySubsetsDataset(ArrayDataset):
+    """A training set restricted to an oracle's low- or high-entropy points (or all of it), which reports, at the
+    end of a run, the model's mean prediction entropy on each of the two subsets (PSGD paper Table 11)."""
+
+    SUBSETS = ("low_entropy", "high_entropy")
+
+    def __init__(self, train, test, batch_size, seed, subsets_file, train_on):
+        self.full_train_x = train[0]
+        self.subsets = load_entropy_subsets(subsets_file, len(train[0]))
+        if train_on != "all":
+            index = self.subsets[train_on]
+            train = (train[0][index], train[1][index])
+        super().__init__(train, test, batch_size, seed)
+
+    def final_metrics(self, model, device):
+        from harness.metrics import prediction_entropy
+
+        return {f"entropy/{name}_subset": float(prediction_entropy(model, self.full_train_x[index], device).mean())
+                for name, index in self.subsets.items()}
+
+
+def load_entropy_subsets(path, train_size):
+    """{"low_entropy": indices, "high_entropy": indices} from scripts/entropy_subsets.py's .npz, checked."""
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"dataset.entropy_subsets={str(path)!r} does not exist; write it with "
+                                "`python -m scripts.entropy_subsets <oracle run dir> --out <file>.npz`")
+    with np.load(path) as stored:
+        missing = [name for name in EntropySubsetsDataset.SUBSETS if name not in stored]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(missing)} array (not written by scripts/entropy_subsets.py?)")
+        subsets = {name: torch.as_tensor(stored[name], dtype=torch.long) for name in EntropySubsetsDataset.SUBSETS}
+    for name, index in subsets.items():
+        if len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= train_size:
+            raise ValueError(f"{path}: the {name} indices are empty or outside the {train_size} training points")
+    return subsets
 
 
 CIFAR_LAYOUT = {  # extracted folder, training batches, test batch, label key

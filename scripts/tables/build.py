@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from .metrics import aggregate, run_value
+from .metrics import aggregate, number_format, run_value
 from .paper import UNKNOWN, paper_cell
 from .runs import select
 from .scale import scale_groups, scale_text
@@ -33,7 +33,6 @@ def _line(spec, cell, picked):
     result = aggregate([run_value(run, cell.metric) for run in picked], cell.metric)
     paper = paper_cell(spec.paper, cell.row, cell.column)
     paper_std = paper_cell(spec.paper, *cell.paper_std_at) if cell.paper_std_at else None
-    digits = cell.metric.get("digits", 2)
     notes = list(cell.notes)
     if cell.not_reproduced:
         notes.insert(0, f"not reproduced: {cell.not_reproduced}")
@@ -46,7 +45,7 @@ def _line(spec, cell, picked):
         notes.append(f"paper: {cell.paper_note}")
     return [
         str(cell.row), cell.column, _ours_text(result, picked), result["n"],
-        _paper_text(spec, cell, paper, paper_std), _diff_text(result["mean"], paper, digits),
+        _paper_text(spec, cell, paper, paper_std), _diff_text(result["mean"], paper, number_format(cell.metric)),
         scale_text(picked, cell.paper_setting), "; ".join(notes),
     ]
 
@@ -73,7 +72,7 @@ def _raw_paper_text(spec, cell, at=None):
     return table.loc[table.index == str(row), column].iloc[0].strip()
 
 
-def _diff_text(mean, paper, digits):
+def _diff_text(mean, paper, spec):
     if mean is None or paper is None:
         return "–"
-    return f"{mean - paper:+.{digits}f}"
+    return f"{mean - paper:+{spec}}"

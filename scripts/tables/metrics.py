@@ -9,6 +9,7 @@ Metric kinds (the `metric:` entry of a table mapping):
   success_rate  1 when the run stopped at the target train loss (delayed XOR), else 0; aggregated as a fraction
   steps_to      first logged step where metrics.jsonl's `key` reaches `threshold` (needs metrics.jsonl beside
                 the summary); runs that never reach it count as missing, and `note` says how many
+Numbers print with `digits` decimals (default 2), or with `format`, a Python format spec such as ".1e".
 """
 
 import json
@@ -71,8 +72,15 @@ def aggregate(values, metric):
     digits = metric.get("digits", 2)
     if metric["kind"] == "success_rate":
         return {"n": n, "mean": mean, "std": std, "text": f"{mean:.{digits}f} ({round(mean * n)}/{n})"}
-    spread = "–" if std is None else f"{std:.{digits}f}"
-    return {"n": n, "mean": mean, "std": std, "text": f"{mean:.{digits}f} ± {spread}"}
+    spec = number_format(metric)
+    spread = "–" if std is None else f"{std:{spec}}"
+    return {"n": n, "mean": mean, "std": std, "text": f"{mean:{spec}} ± {spread}"}
+
+
+def number_format(metric):
+    """The format spec of a metric's numbers: its `format` (e.g. ".1e" for entropies near 1e-16), else `digits`
+    decimals (default 2)."""
+    return metric.get("format") or f".{metric.get('digits', 2)}f"
 
 
 def describe(metric):

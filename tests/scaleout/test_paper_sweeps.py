@@ -27,6 +27,7 @@ MAPPINGS = {
     "psgd_table5_nanogpt": ["psgd_table5"],
     "psgd_table8_delayed_xor": ["psgd_table8"],
     "psgd_e3_logistic_regression": ["psgd_e3"],
+    "psgd_table11_entropy_subsets": ["psgd_table11"],
     "psgd_e5_xor_rank": ["psgd_e5"],
     "psgd_fig1_ppo": ["psgd_fig1_ppo"],
     "llqr_fig3_grokking": ["llqr_grokking"],

@@ -130,3 +130,11 @@ def test_figures_are_written(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 10, "train/loss": 0.7}\n{"step": 20, "train/loss": 0.1, "val/accuracy": 0.9}\n')
     curves_figure(tmp_path / "curves.png", [run])
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_a_metric_format_prints_tiny_values_in_scientific_notation():
+    from scripts.tables.metrics import aggregate
+
+    entropies = aggregate([1e-16, 3e-16], {"kind": "final", "format": ".1e"})
+    assert entropies["text"] == "2.0e-16 ± 1.4e-16"
+    assert aggregate([1e-16, 3e-16], {"kind": "final"})["text"] == "0.00 ± 0.00", "digits stay the default"
