@@ -2,6 +2,7 @@
 
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -150,8 +151,6 @@ class EntropySubsetsDataset(ArrayDataset):
 
 def load_entropy_subsets(path, train_size):
     """{"low_entropy": indices, "high_entropy": indices} from scripts/entropy_subsets.py's .npz, checked."""
-    from pathlib import Path
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataNotFoundError(f"dataset.entropy_subsets={str(path)!r} does not exist; write it with "
