@@ -139,7 +139,7 @@ class PSGD(torch.optim.Optimizer):
         out = [None] * len(params)
         for block in group["kron_blocks"]:
             members = [params[i] for i in block]
-            diagonal = p_diagonal_of(self.state[members[0]])
+            diagonal = kron.p_diagonal(self.state[members[0]])
             for i, d in zip(block, kron.split_block(diagonal, members, len(block) == 2)):
                 out[i] = d
         return out
