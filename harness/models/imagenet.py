@@ -5,6 +5,7 @@ see every weight matrix. Weights are initialised from scratch (no pretrained dow
 """
 
 from harness.models.initialization import initialize
+from harness.models.padding import apply_padding
 from harness.registry import register_model
 
 
@@ -15,10 +16,12 @@ def _timm_model(name, info, **kwargs):
 
 
 @register_model("resnet50")
-def resnet50(info, zero_init_last=True, init="torch", bn_momentum=0.1):
-    """ResNet-50 v1.5 (stride on the 3×3 convolution), timm's `resnet50`. `init="flax"`, `bn_momentum=0.01`: the LLQR
-    code's flax defaults (its resnet.py, create_resnet50), every BN scale 1 whatever `zero_init_last` says."""
-    return initialize(_timm_model("resnet50", info, zero_init_last=zero_init_last), init, bn_momentum)
+def resnet50(info, zero_init_last=True, init="torch", bn_momentum=0.1, padding="torch"):
+    """ResNet-50 v1.5 (stride on the 3×3 convolution), timm's `resnet50`. `init="flax"`, `bn_momentum=0.01`,
+    `padding="flax"`: the LLQR code's flax defaults (its resnet.py, create_resnet50: 'SAME' padding of the 7×7 stem,
+    the max-pool and the stride-2 convolutions), every BN scale 1 whatever `zero_init_last` says."""
+    model = _timm_model("resnet50", info, zero_init_last=zero_init_last)
+    return initialize(apply_padding(model, padding), init, bn_momentum)
 
 
 @register_model("vit_s16")

@@ -17,7 +17,10 @@ def lecun_normal_(weight):
 def initialize(model, init="torch", bn_momentum=0.1):
     """`init="flax"`: every Conv2d and Linear weight lecun_normal_, their biases 0, every BatchNorm scale 1 and bias 0
     (this also undoes a zero-initialised last BN). `bn_momentum`: torch's running-average momentum of every BatchNorm;
-    flax's `momentum` m is torch's 1 − m (flax's default 0.99 is 0.01 here, torch's default 0.1 is flax's 0.9)."""
+    flax's `momentum` m is torch's 1 − m (flax's default 0.99 is 0.01 here, torch's default 0.1 is flax's 0.9).
+    Left as torch's: the running variance averages the unbiased batch variance (flax's the biased one), a factor
+    n/(n − 1) with n = batch × height × width per channel, 1 + 1/2047 at the smallest here (CIFAR ResNet-18's 4×4
+    last stage, batch 128); normalisation in training uses the biased variance in both."""
     if init not in INITS:
         raise ValueError(f"model.init={init!r} is not known; choose one of {INITS}")
     for module in model.modules():

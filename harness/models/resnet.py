@@ -2,13 +2,15 @@
 
 `shortcut=False` removes the residual connections (the PSGD paper's ResNet18-RF), and
 `activation="soft_lrelu"` is the PSGD reference code's smooth leaky ReLU 0.51x + 0.49·sqrt(x² + ε²) − 0.49ε.
-`init="flax"`, `bn_momentum=0.01` are the LLQR code's flax defaults (its resnet.py; harness/models/initialization.py).
+`init="flax"`, `bn_momentum=0.01`, `padding="flax"` are the LLQR code's flax defaults (its resnet.py;
+harness/models/initialization.py, harness/models/padding.py).
 """
 
 import torch
 import torch.nn as nn
 
 from harness.models.initialization import initialize
+from harness.models.padding import apply_padding
 from harness.registry import register_model
 
 
@@ -68,6 +70,6 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(info, width=64, shortcut=True, activation="relu", init="torch", bn_momentum=0.1):
+def resnet18(info, width=64, shortcut=True, activation="relu", init="torch", bn_momentum=0.1, padding="torch"):
     model = ResNet([2, 2, 2, 2], info["num_classes"], info.get("in_channels", 3), width, shortcut, activation)
-    return initialize(model, init, bn_momentum)
+    return initialize(apply_padding(model, padding), init, bn_momentum)

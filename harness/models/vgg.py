@@ -6,6 +6,7 @@ code's initialisation (flax defaults; its BN momentum 0.9 is torch's default 0.1
 import torch.nn as nn
 
 from harness.models.initialization import initialize
+from harness.models.padding import apply_padding
 from harness.registry import register_model
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -32,9 +33,9 @@ class VGG(nn.Module):
 
 
 @register_model("vgg16_bn")
-def vgg16_bn(info, dropout=0.5, hidden=512, width=64, init="torch", bn_momentum=0.1):
+def vgg16_bn(info, dropout=0.5, hidden=512, width=64, init="torch", bn_momentum=0.1, padding="torch"):
     """`width` scales every convolution's channels (64: the standard network; smaller for CPU tests)."""
     if info.get("image_size", 32) != 32:
         raise ValueError(f"vgg16_bn is the CIFAR variant (32×32 inputs); the dataset's images are {info['image_size']} wide")
     model = VGG(VGG16_BLOCKS, info["num_classes"], info.get("in_channels", 3), dropout, hidden, width)
-    return initialize(model, init, bn_momentum)
+    return initialize(apply_padding(model, padding), init, bn_momentum)

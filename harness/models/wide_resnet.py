@@ -3,12 +3,14 @@ channels, three groups of (depth − 4)/6 pre-activation blocks (BN-ReLU-conv3×
 projection shortcuts where the shape changes) of 16k, 32k, 64k channels, then BN-ReLU-global pooling-Linear.
 Convolutions have no bias; the LLQR code's dropout rate is 0. WRN-28-10 has 36,479,194 parameters for 10 classes.
 `init="flax"` is the LLQR code's initialisation (flax defaults; its BN momentum 0.9 is torch's default 0.1):
-harness/models/initialization.py."""
+harness/models/initialization.py; `padding="flax"` its 'SAME' padding of the stride-2 convolutions
+(harness/models/padding.py)."""
 
 import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.models.initialization import initialize
+from harness.models.padding import apply_padding
 from harness.registry import register_model
 
 
@@ -52,5 +54,6 @@ class WideResNet(nn.Module):
 
 
 @register_model("wide_resnet")
-def wide_resnet(info, depth=28, widen_factor=10, dropout=0.0, init="torch", bn_momentum=0.1):
-    return initialize(WideResNet(depth, widen_factor, info["num_classes"], info.get("in_channels", 3), dropout), init, bn_momentum)
+def wide_resnet(info, depth=28, widen_factor=10, dropout=0.0, init="torch", bn_momentum=0.1, padding="torch"):
+    model = WideResNet(depth, widen_factor, info["num_classes"], info.get("in_channels", 3), dropout)
+    return initialize(apply_padding(model, padding), init, bn_momentum)
