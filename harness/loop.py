@@ -162,6 +162,10 @@ def build_run(cfg, device):
     run.sample_generator = torch.Generator().manual_seed(cfg.seed + 104_729)
 
     def sample_batch(batch_size):
+        # A stream of its own: training sees the same batches whatever an optimizer samples. The LLQR code's refit
+        # takes consecutive batches off the training iterator instead (preconditioner.py,
+        # _take_full_preconditioner_datapoint), which are then not trained on: one batch per refit at the presets'
+        # precond batch = training batch, 0.1 % of the stream when refitting every 1,000 steps.
         inputs, targets = run.dataset.sample_batch(batch_size, run.sample_generator)
         return to_device(inputs, device), to_device(targets, device)
 
