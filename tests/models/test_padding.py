@@ -82,20 +82,16 @@ def test_a_strided_layer_without_half_kernel_padding_is_refused():
 
 
 def test_kfac_reads_the_same_padded_input_of_a_wrapped_conv():
-    torch.set_default_dtype(torch.float64)
-    try:
-        torch.manual_seed(1)
-        conv, head = nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Linear(3 * 2 * 2, 4)
-        model = apply_padding(nn.Sequential(conv, nn.Flatten(), head), "flax")
-        x, y = torch.randn(5, 2, 4, 4), torch.randint(0, 4, (5,))
-        opt = KFAC(model.parameters(), model=model, lr=0.0, factor_decay=0.0, kl_clip=None, verbose=False)
-        opt.step(protocol_closure(model, x, y))
-        padded = F.pad(x, (0, 1, 0, 1))  # 'SAME' on 4 pixels: nothing before, one after
-        patches = [padded[:, :, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3].reshape(5, -1) for i in range(2) for j in range(2)]
-        rows = torch.cat([torch.cat([p, torch.ones(5, 1)], dim=1) for p in patches])
-        torch.testing.assert_close(opt.state[conv.weight]["A"], rows.T @ rows / rows.shape[0])
-    finally:
-        torch.set_default_dtype(torch.float32)
+    torch.manual_seed(1)
+    conv, head = nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Linear(3 * 2 * 2, 4)
+    model = apply_padding(nn.Sequential(conv, nn.Flatten(), head), "flax").double()
+    x, y = torch.randn(5, 2, 4, 4, dtype=torch.float64), torch.randint(0, 4, (5,))
+    opt = KFAC(model.parameters(), model=model, lr=0.0, factor_decay=0.0, kl_clip=None, verbose=False)
+    opt.step(protocol_closure(model, x, y))
+    padded = F.pad(x, (0, 1, 0, 1))  # 'SAME' on 4 pixels: nothing before, one after
+    patches = [padded[:, :, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3].reshape(5, -1) for i in range(2) for j in range(2)]
+    rows = torch.cat([torch.cat([p, torch.ones(5, 1, dtype=torch.float64)], dim=1) for p in patches])
+    torch.testing.assert_close(opt.state[conv.weight]["A"], rows.T @ rows / rows.shape[0])
 
 
 @pytest.mark.parametrize("preset,padding", [
