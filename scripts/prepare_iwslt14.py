@@ -1,5 +1,5 @@
 """Prepare IWSLT14 de-en as fairseq's prepare-iwslt14.sh does: Moses tokenization, lowercasing, length cleaning,
-valid = every 23rd training line, joint BPE of about 10k (tokenizers instead of subword-nmt). The steps are in
+valid = every 23rd training line, joint BPE of 10k merges (subword-nmt). The steps are in
 harness/data/iwslt_prepare.py; the `iwslt14_de_en` dataset reads the output folder.
 
     # from fairseq's pre-BPE files (iwslt14.tokenized.de-en/tmp: train/valid/test.{de,en}):
@@ -23,17 +23,17 @@ def main(argv=None):
     source.add_argument("--raw", help="folder of plain parallel text {train,test}.{de,en}")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--train-from", choices=["train", "valid"], default="train")
-    parser.add_argument("--vocab-size", type=int, default=10000, help="joint BPE vocabulary size (about fairseq's 10k merges)")
+    parser.add_argument("--bpe-merges", type=int, default=10000, help="subword-nmt merge operations of the joint BPE (fairseq: 10000)")
     args = parser.parse_args(argv)
-    if args.vocab_size < 100:
-        print(f"error: --vocab-size {args.vocab_size} is too small (use about 10000)", file=sys.stderr)
+    if args.bpe_merges < 100:
+        print(f"error: --bpe-merges {args.bpe_merges} is too small (fairseq's recipe uses 10000)", file=sys.stderr)
         return 2
     try:
-        out = prepare(args.out, tokenized=args.tokenized, raw=args.raw, train_from=args.train_from, vocab_size=args.vocab_size)
+        out = prepare(args.out, tokenized=args.tokenized, raw=args.raw, train_from=args.train_from, bpe_merges=args.bpe_merges)
     except PreparationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {out}/{{train,valid,test}}.{{de,en}} and {out}/bpe.json")
+    print(f"wrote {out}/{{train,valid,test}}.{{de,en}} and the BPE codes {out}/code")
     return 0
 
 

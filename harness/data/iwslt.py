@@ -7,7 +7,8 @@ the cache (a mini task: train on valid minus every 23rd line, validate on those,
 fairseq conventions: one dictionary per language (<s>=0, <pad>=1, </s>=2, <unk>=3, then symbols by frequency,
 padded to a multiple of 8), sentences end with </s>, the decoder input is the target shifted right starting with
 </s>; batches hold at most `max_tokens` padded tokens, are built once from the length-sorted data and shuffled
-each epoch. Inputs are (src_tokens, prev_output_tokens); targets are the target ids with -100 at padding.
+each epoch (`batching: fairseq`), or, as the LLQR code does, rebuilt each epoch from percentile length buckets
+(`batching: percentile_buckets`). Inputs are (src_tokens, prev_output_tokens); targets are the target ids with -100 at padding.
 
 Loss: "cross_entropy" over the non-padding target positions, label-smoothed by the `label_smoothing` attribute
 (config key dataset.label_smoothing, the paper's 0.1) in training through `harness.protocol.loss_function`, which uses
@@ -15,6 +16,7 @@ F.cross_entropy(..., label_smoothing=ε): torch spreads ε over all V classes, f
 difference of order ε/V). Evaluation reports the unsmoothed NLL.
 """
 
+import bisect
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from harness.registry import register_dataset
 IGNORE = -100
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS, PAD, EOS, UNK = range(4)
+BATCHINGS = ("fairseq", "percentile_buckets")
 MIRROR_FILES = [  # the mirror's pre-BPE IWSLT14 files (shared/data/README.md)
     RemoteFile("valid.de", "953cd9a0d85f996861f8f77d93e67f72"), RemoteFile("valid.en", "481d704963d0a48c29c8822df0c30630"),
     RemoteFile("test.de", "0112fd69eacd47e34cd3df11698ff5bc"), RemoteFile("test.en", "6478cd81d3e2f679fe72c32d43ef659e"),
@@ -77,6 +80,42 @@ def token_batches(src_lengths, tgt_lengths, max_tokens, max_sentences, seed):
     return batches
 
 
+def percentile_boundaries(lengths, bucket_count):
+    """numpy's 'lower' percentiles of `lengths` at 100/k, 200/k, ..., 100 (k = bucket_count), without repeats."""
+    import numpy as np
+
+    return sorted(set(np.percentile(np.asarray(lengths), np.linspace(0, 100, bucket_count + 1)[1:], method="lower").tolist()))
+
+
+def round_up_to_boundaries(lengths, boundaries):
+    """Each length replaced by the smallest boundary at or above it."""
+    return [boundaries[bisect.bisect_left(boundaries, length)] for length in lengths]
+
+
+def percentile_bucket_batches(src_lengths, tgt_lengths, max_tokens, bucket_count, max_sentences, seed):
+    """The LLQR code's training batches (SimonDufLab/LLQR, dataloaders/iwslt14_de_en.py, train_shape_bucket_mode
+    'percentile', rebuilt every epoch): the same seeded shuffle and stable (target, source) length sort as
+    `token_batches`; source and target lengths each rounded up to their `bucket_count` percentile boundaries; the
+    sentences of one rounded size max(src, tgt) cut, in that order, into batches of max_tokens // size sentences;
+    the batches shuffled. Their code then pads every batch to that many rows and to the bucket's lengths (fixed shapes
+    for XLA); padded rows and positions have no target, so the loss and its gradient are the same without it."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(src_lengths), generator=generator).tolist()
+    order.sort(key=lambda i: tgt_lengths[i])
+    order.sort(key=lambda i: src_lengths[i])
+    src_rounded = round_up_to_boundaries(src_lengths, percentile_boundaries(src_lengths, bucket_count))
+    tgt_rounded = round_up_to_boundaries(tgt_lengths, percentile_boundaries(tgt_lengths, bucket_count))
+    buckets = {}
+    for i in order:
+        buckets.setdefault(max(src_rounded[i], tgt_rounded[i]), []).append(i)
+    batches = []
+    for size in sorted(buckets):
+        capacity = max(1, max_tokens // size)
+        capacity = min(capacity, max_sentences) if max_sentences else capacity
+        batches += [buckets[size][start:start + capacity] for start in range(0, len(buckets[size]), capacity)]
+    return [batches[int(k)] for k in torch.randperm(len(batches), generator=generator)]
+
+
 def collate(pairs):
     """(src_tokens, prev_output_tokens), targets for a list of (src, tgt) id tensors, right-padded."""
     width_s, width_t = max(len(s) for s, _ in pairs), max(len(t) for _, t in pairs)
@@ -96,16 +135,17 @@ class IWSLT14(Dataset):
     metrics = ("perplexity",)
     label_smoothing = 0.1  # the paper's label-smoothed cross-entropy (applied in training; see the module docstring)
 
-    def __init__(self, folder, max_tokens, max_sentences, seed, bleu_split, bleu_max_sentences, beam, lenpen, max_len_b=200, max_len_a=0.0):
+    def __init__(self, folder, max_tokens, max_sentences, seed, bleu_split, bleu_max_sentences, beam, lenpen, max_len_b=200, max_len_a=0.0,
+                 batching="fairseq", bucket_count=8):
         self.folder, self.seed, self.max_tokens, self.max_sentences = Path(folder), int(seed), int(max_tokens), max_sentences
+        self.batching, self.bucket_count, self._built, self._epoch_cache = batching, int(bucket_count), None, (None, None)
         text = {(split, lang): read_lines(self.folder / f"{split}.{lang}") for split in SPLITS for lang in ("de", "en")}
         self.src_dict, self.tgt_dict = Dictionary(text["train", "de"]), Dictionary(text["train", "en"])
         self.data = {split: [(self.src_dict.encode(s), self.tgt_dict.encode(t)) for s, t in zip(text[split, "de"], text[split, "en"])]
                      for split in SPLITS}
         self.references = {split: [remove_bpe(line) for line in text[split, "en"]] for split in SPLITS}
-        self.batches = self._batches("train", seed)
-        self.steps_per_epoch = len(self.batches)
-        self.batch_size = max(len(b) for b in self.batches)
+        self.steps_per_epoch = len(self._epoch_batches(0))  # the same every epoch with either batching
+        self.batch_size = max(len(b) for b in self._epoch_batches(0))
         self.bleu_split, self.bleu_max_sentences, self.beam, self.lenpen = bleu_split, bleu_max_sentences, beam, lenpen
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.info = {"src_vocab_size": len(self.src_dict), "tgt_vocab_size": len(self.tgt_dict), "pad_index": PAD, "eos_index": EOS}
@@ -114,10 +154,25 @@ class IWSLT14(Dataset):
         pairs = self.data[split]
         return token_batches([len(s) for s, _ in pairs], [len(t) for _, t in pairs], self.max_tokens, self.max_sentences, seed)
 
+    def _epoch_batches(self, epoch):
+        """fairseq: batches built once from the seed, in a new order each epoch; percentile_buckets: rebuilt each
+        epoch from that epoch's shuffle, as the LLQR code does."""
+        if self._epoch_cache[0] != epoch:
+            pairs, epoch_seed = self.data["train"], self.seed * 1_000_003 + epoch
+            lengths = [len(s) for s, _ in pairs], [len(t) for _, t in pairs]
+            if self.batching == "fairseq":
+                if self._built is None:
+                    self._built = token_batches(*lengths, self.max_tokens, self.max_sentences, self.seed)
+                order = torch.randperm(len(self._built), generator=torch.Generator().manual_seed(epoch_seed))
+                batches = [self._built[int(k)] for k in order]
+            else:
+                batches = percentile_bucket_batches(*lengths, self.max_tokens, self.bucket_count, self.max_sentences, epoch_seed)
+            self._epoch_cache = (epoch, batches)
+        return self._epoch_cache[1]
+
     def train_batch(self, step):
         epoch, position = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(self.steps_per_epoch, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        return collate([self.data["train"][i] for i in self.batches[int(order[position])]])
+        return collate([self.data["train"][i] for i in self._epoch_batches(epoch)[position]])
 
     def sample_batch(self, batch_size, generator):
         index = torch.randint(len(self.data["train"]), (batch_size,), generator=generator).tolist()
@@ -155,16 +210,16 @@ def bleu_scores(hypotheses, references, split):
     return {f"{split}/bleu_tokenized_fairseq": tokenized, f"{split}/sacrebleu_detokenized": detokenized}
 
 
-def locate_prepared(paths, data_dir, train_from, vocab_size):
+def locate_prepared(paths, data_dir, train_from, bpe_merges):
     """The prepared BPE folder, preparing the mirror's valid/test into the cache when `train_from == "valid"`."""
     candidates = [Path(data_dir).expanduser()] if data_dir else []
-    candidates.append(paths.root / ("iwslt14_de_en_bpe" if train_from == "train" else f"iwslt14_de_en_bpe_from_valid_{vocab_size}"))
+    candidates.append(paths.root / ("iwslt14_de_en_bpe" if train_from == "train" else f"iwslt14_de_en_subword_nmt_from_valid_{bpe_merges}"))
     for folder in candidates:
         if all((folder / f"{s}.{lang}").is_file() for s in SPLITS for lang in ("de", "en")):
             return folder
     if train_from == "valid" and not data_dir:
         source = fetch_files("IWSLT14 de-en", paths, "iwslt14_de_en", MIRROR_FILES)
-        return prepare(candidates[-1], tokenized=source, train_from="valid", vocab_size=vocab_size)
+        return prepare(candidates[-1], tokenized=source, train_from="valid", bpe_merges=bpe_merges)
     raise DataNotFoundError(
         f"IWSLT14 de-en: no prepared BPE files ({{train,valid,test}}.{{de,en}}) in {', '.join(map(str, candidates))}. "
         f"Run `python -m scripts.prepare_iwslt14 --tokenized <folder with pre-BPE train/valid/test.de/en> --out {candidates[-1]}` "
@@ -173,13 +228,19 @@ def locate_prepared(paths, data_dir, train_from, vocab_size):
 
 
 @register_dataset("iwslt14_de_en")
-def iwslt14_de_en(paths, batch_size=0, seed=0, max_tokens=4096, data_dir=None, train_from="train", vocab_size=10000,
+def iwslt14_de_en(paths, batch_size=0, seed=0, max_tokens=4096, data_dir=None, train_from="train", bpe_merges=10000,
                   bleu_split="test", bleu_max_sentences=None, beam=5, lenpen=1.0, max_len_b=200, label_smoothing=0.1,
-                  max_len_a=0.0):
-    """IWSLT14 de→en; `batch_size` caps sentences per batch (0: only max_tokens, fairseq's default)."""
+                  max_len_a=0.0, batching="fairseq", bucket_count=8):
+    """IWSLT14 de→en; `batch_size` caps sentences per batch (0: only max_tokens, fairseq's default); `batching`
+    fairseq (`token_batches`) or percentile_buckets (the LLQR code's, `percentile_bucket_batches`)."""
     if bleu_split not in SPLITS:
         raise ValueError(f"dataset.bleu_split={bleu_split!r} is invalid; choose one of {list(SPLITS)}")
-    folder = locate_prepared(paths, data_dir, train_from, vocab_size)
-    data = IWSLT14(folder, max_tokens, batch_size, seed, bleu_split, bleu_max_sentences, beam, lenpen, max_len_b, max_len_a)
+    if batching not in BATCHINGS:
+        raise ValueError(f"dataset.batching={batching!r} is invalid; choose one of {list(BATCHINGS)}")
+    if int(bucket_count) < 1:
+        raise ValueError(f"dataset.bucket_count={bucket_count} is invalid; it must be a positive number of length buckets (the LLQR code: 8)")
+    folder = locate_prepared(paths, data_dir, train_from, bpe_merges)
+    data = IWSLT14(folder, max_tokens, batch_size, seed, bleu_split, bleu_max_sentences, beam, lenpen, max_len_b, max_len_a,
+                   batching, bucket_count)
     data.label_smoothing = float(label_smoothing)
     return data

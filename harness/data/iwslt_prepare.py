@@ -2,12 +2,14 @@
 
 Steps (each a small function): Moses tokenization (sacremoses, with Moses escaping) and lowercasing of raw text;
 length cleaning of the training pairs (clean-corpus-n.perl: 1..175 tokens, length ratio <= 1.5); the validation
-split as every 23rd line of the cleaned training text; a joint BPE of about 10k symbols learnt on train.de + train.en
-(HF `tokenizers` instead of subword-nmt) and applied to every split, written in subword-nmt's "@@ " format.
+split as every 23rd line of the cleaned training text; a joint BPE of 10k merge operations learnt on train.de + train.en
+by subword-nmt itself (learn_bpe -s 10000, as fairseq and the LLQR code run it), applied to every split.
 
 `prepare(...)` is what scripts/prepare_iwslt14.py and the IWSLT dataset (for the mirror's files) call.
 """
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -51,30 +53,24 @@ def split_every(lines, every=23):
     return train, valid
 
 
-def learn_joint_bpe(texts, vocab_size=10000):
-    """A BPE model learnt jointly on whitespace-tokenized `texts` (lists of lines), about `vocab_size` symbols."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def learn_joint_bpe(texts, merges=10000):
+    """subword-nmt's learn_bpe -s `merges` on the concatenation of `texts` (lists of whitespace-tokenized lines), as
+    fairseq's prepare-iwslt14.sh and the LLQR code's prepare_iwslt14_de_en_scratch.sh run it; returns the codes file's
+    text ("#version: 0.2" then one merge per line)."""
+    from subword_nmt.learn_bpe import learn_bpe
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", continuing_subword_prefix="##"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], continuing_subword_prefix="##", show_progress=False)
-    tokenizer.train_from_iterator((line for text in texts for line in text), trainer=trainer)
-    return tokenizer
+    codes = io.StringIO()
+    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bar
+        learn_bpe((line for text in texts for line in text), codes, merges)
+    return codes.getvalue()
 
 
-def apply_bpe(tokenizer, lines):
-    """Each line's words split into subwords, every non-final piece marked with "@@" (subword-nmt's format).
-    Pieces are cut from the original text by their offsets, so characters unseen in training survive as they are."""
-    out = []
-    for line, encoding in zip(lines, tokenizer.encode_batch(lines)):
-        pieces, previous_word = [], None
-        for (start, end), word in zip(encoding.offsets, encoding.word_ids):
-            if word == previous_word and pieces:
-                pieces[-1] += BPE_MARK
-            pieces.append(line[start:end])
-            previous_word = word
-        out.append(" ".join(pieces))
-    return out
+def apply_bpe(codes, lines):
+    """subword-nmt's apply_bpe -c codes: every non-final piece of a word marked with "@@"."""
+    from subword_nmt.apply_bpe import BPE
+
+    bpe = BPE(io.StringIO(codes))
+    return [bpe.segment(line) for line in lines]
 
 
 def remove_bpe(line):
@@ -128,19 +124,19 @@ def tokenized_splits(tokenized=None, raw=None, train_from="train"):
             "test": (moses_tokenize_lower(test_de, "de"), moses_tokenize_lower(test_en, "en"))}
 
 
-def prepare(out, tokenized=None, raw=None, train_from="train", vocab_size=10000):
-    """Write {train,valid,test}.{de,en} with joint BPE into `out` (plus bpe.json and prepared.json); returns `out`."""
+def prepare(out, tokenized=None, raw=None, train_from="train", bpe_merges=10000):
+    """Write {train,valid,test}.{de,en} with joint BPE into `out` (plus the BPE `code` file and prepared.json); returns `out`."""
     splits = tokenized_splits(tokenized, raw, train_from)
     if not splits["train"][0]:
         raise PreparationError("IWSLT14: the training split is empty after cleaning")
-    tokenizer = learn_joint_bpe([splits["train"][0], splits["train"][1]], vocab_size)
+    codes = learn_joint_bpe([splits["train"][0], splits["train"][1]], bpe_merges)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out / "bpe.json"))
+    replace_from_temporary(lambda temporary: temporary.write_text(codes, encoding="utf-8"), out / "code")
     for split, (de, en) in splits.items():
         for lang, lines in (("de", de), ("en", en)):
-            text = "\n".join(apply_bpe(tokenizer, lines)) + "\n"
+            text = "\n".join(apply_bpe(codes, lines)) + "\n"
             replace_from_temporary(lambda temporary, text=text: temporary.write_text(text, encoding="utf-8"), out / f"{split}.{lang}")
-    info = {"train_from": train_from, "vocab_size": vocab_size, "lines": {s: len(p[0]) for s, p in splits.items()}}
+    info = {"train_from": train_from, "bpe": "subword-nmt", "bpe_merges": bpe_merges, "lines": {s: len(p[0]) for s, p in splits.items()}}
     (out / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

@@ -1,13 +1,16 @@
 """IWSLT14 preparation (fairseq's recipe step by step), the dataset's fairseq conventions, BLEU, and the script."""
 
+from collections import Counter
+
 import pytest
 import torch
 
 from harness.data import DataPaths, build_dataset
-from harness.data.iwslt import EOS, IGNORE, PAD, UNK, Dictionary, bleu_scores, collate, token_batches
+from harness.data.iwslt import (EOS, IGNORE, PAD, UNK, Dictionary, bleu_scores, collate, percentile_boundaries,
+                                percentile_bucket_batches, round_up_to_boundaries, token_batches)
 from harness.data.iwslt_prepare import (PreparationError, apply_bpe, clean_pairs, learn_joint_bpe, moses_tokenize_lower,
                                         read_lines, remove_bpe, split_every)
-from harness.errors import DataNotFoundError
+from harness.errors import ConfigError, DataNotFoundError
 from scripts import prepare_iwslt14
 from tests.conftest import SHARED_DATA
 
@@ -35,10 +38,25 @@ def test_valid_is_every_23rd_line():
 
 def test_bpe_round_trips_and_marks_pieces():
     text = ["the quick brown fox", "the lazy dog jumps", "quickly foxes jump"] * 5
-    tokenizer = learn_joint_bpe([text], vocab_size=40)
-    encoded = apply_bpe(tokenizer, text + ["unseen ünïcode"])
+    codes = learn_joint_bpe([text], merges=40)
+    encoded = apply_bpe(codes, text + ["unseen ünïcode"])
     assert any("@@ " in line for line in encoded)
     assert [remove_bpe(line) for line in encoded] == text + ["unseen ünïcode"], "remove-bpe restores the tokens exactly"
+
+
+def test_bpe_learns_the_requested_merges_most_frequent_pair_first():
+    """subword-nmt's codes: a version line, then `merges` pairs, the first the most frequent adjacent symbol pair,
+    counted here by hand with the word-final symbol marked </w>."""
+    text = [["der die das", "die dinge", "das ende"], ["the thing", "these things", "then"]]
+    pairs = Counter()
+    for word in " ".join(line for part in text for line in part).split():
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        pairs.update(zip(symbols, symbols[1:]))
+    (best, count), (_, runner_up) = pairs.most_common(2)
+    assert count > runner_up, "the fixture has one most frequent pair"
+    codes = learn_joint_bpe(text, merges=6).splitlines()
+    assert codes[0] == "#version: 0.2" and len(codes) == 1 + 6
+    assert tuple(codes[1].split()) == best
 
 
 def test_dictionary_follows_fairseq():
@@ -66,6 +84,35 @@ def test_token_batches_respect_max_tokens_and_cover_every_sentence():
         token_batches([25], [3], 20, 0, 0)
 
 
+def test_percentile_boundaries_and_rounding_by_hand():
+    lengths = [3, 5, 5, 7, 9, 12, 20, 40]
+    # numpy 'lower' percentiles at 25/50/75/100 % of 8 sorted values: positions 1.75, 3.5, 5.25, 7 -> 5, 7, 12, 40
+    assert percentile_boundaries(lengths, 4) == [5, 7, 12, 40]
+    assert round_up_to_boundaries([1, 5, 6, 13, 40], [5, 7, 12, 40]) == [5, 5, 7, 40, 40]
+    assert percentile_boundaries([4] * 10, 8) == [4], "repeated boundaries collapse"
+
+
+def test_percentile_bucket_batches_follow_the_llqr_rule():
+    """Each batch holds sentences of one rounded size max(src, tgt) and max_tokens // size of them (fewer only for
+    a bucket's last batch); every sentence once; rebuilt per seed; the batch count depends on the lengths only."""
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(2, 60, (500,), generator=g).tolist(), torch.randint(2, 60, (500,), generator=g).tolist()
+    src_b, tgt_b = percentile_boundaries(src, 8), percentile_boundaries(tgt, 8)
+    size = [max(a, b) for a, b in zip(round_up_to_boundaries(src, src_b), round_up_to_boundaries(tgt, tgt_b))]
+    batches = percentile_bucket_batches(src, tgt, max_tokens=400, bucket_count=8, max_sentences=0, seed=5)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    per_size = Counter()
+    for b in batches:
+        (bucket,) = {size[i] for i in b}
+        assert len(b) <= 400 // bucket
+        per_size[bucket] += 1
+    assert all(per_size[k] == -(-size.count(k) // (400 // k)) for k in per_size), "full batches but a bucket's last"
+    other = percentile_bucket_batches(src, tgt, 400, 8, 0, seed=6)
+    assert len(other) == len(batches) and other != batches
+    assert percentile_bucket_batches(src, tgt, 400, 8, 0, seed=5) == batches
+    assert max(len(b) for b in percentile_bucket_batches(src, tgt, 400, 8, 3, seed=5)) == 3, "batch_size still caps"
+
+
 def test_bleu_is_labelled_and_perfect_for_identical_text():
     refs = ["this is a small test , isn &apos;t it ?", "another sentence here ."]
     scores = bleu_scores(refs, refs, "test")
@@ -77,7 +124,7 @@ def test_bleu_is_labelled_and_perfect_for_identical_text():
 @needs_mirror
 def test_mini_task_from_the_mirror(tmp_path):
     paths = DataPaths(tmp_path / "cache", SHARED_DATA, False)
-    data = build_dataset({"name": "iwslt14_de_en", "train_from": "valid", "vocab_size": 600, "max_tokens": 800}, paths, seed=0)
+    data = build_dataset({"name": "iwslt14_de_en", "train_from": "valid", "bpe_merges": 600, "max_tokens": 800}, paths, seed=0)
     assert len(data.data["train"]) == 7283 - 7283 // 23 and len(data.data["test"]) == 6750
     originals = read_lines(SHARED_DATA / "iwslt14_de_en" / "test.en")
     assert data.references["test"][:50] == originals[:50], "references are the mirror's tokenized text"
@@ -100,7 +147,7 @@ def _write_pairs(folder, split, de, en):
 def test_script_prepares_raw_text(tmp_path, capsys):
     _write_pairs(tmp_path / "raw", "train", GERMAN * 20, ENGLISH * 20)
     _write_pairs(tmp_path / "raw", "test", GERMAN, ENGLISH)
-    assert prepare_iwslt14.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--vocab-size", "200"]) == 0
+    assert prepare_iwslt14.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--bpe-merges", "200"]) == 0
     assert len(read_lines(tmp_path / "out" / "valid.en")) == 60 // 23
     assert [remove_bpe(x) for x in read_lines(tmp_path / "out" / "test.en")] == moses_tokenize_lower(ENGLISH, "en")
 
@@ -114,9 +161,32 @@ def test_script_error_messages(tmp_path, capsys):
     assert "train.de" in capsys.readouterr().err, "the missing train split is named"
     assert prepare_iwslt14.main(["--tokenized", str(tmp_path / "tok"), "--out", str(tmp_path / "o"), "--train-from", "valid"]) == 2
     assert "test.de has 2 lines but test.en has 1" in capsys.readouterr().err
-    assert prepare_iwslt14.main(["--raw", str(tmp_path / "tok"), "--out", str(tmp_path / "o"), "--vocab-size", "5"]) == 2
+    assert prepare_iwslt14.main(["--raw", str(tmp_path / "tok"), "--out", str(tmp_path / "o"), "--bpe-merges", "5"]) == 2
     assert "too small" in capsys.readouterr().err
     with pytest.raises(PreparationError, match="exactly one input folder"):
         from harness.data.iwslt_prepare import tokenized_splits
 
         tokenized_splits(tokenized=tmp_path, raw=tmp_path)
+
+
+def test_dataset_batching_options(tmp_path):
+    german = [f"{g} {' '.join(['noch'] * k)}" for k in range(12) for g in GERMAN]
+    english = [f"{e} {' '.join(['still'] * k)}" for k in range(12) for e in ENGLISH]
+    _write_pairs(tmp_path / "raw", "train", german * 3, english * 3)
+    _write_pairs(tmp_path / "raw", "test", GERMAN, ENGLISH)
+    assert prepare_iwslt14.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "bpe"), "--bpe-merges", "100"]) == 0
+    config = {"name": "iwslt14_de_en", "data_dir": str(tmp_path / "bpe"), "max_tokens": 60}
+    paths = DataPaths(tmp_path / "cache", None, False)
+    for batching in ("fairseq", "percentile_buckets"):
+        data = build_dataset({**config, "batching": batching, "bucket_count": 4}, paths, seed=0)
+        for epoch in (0, 1):
+            rows = 0
+            for position in range(data.steps_per_epoch):
+                (src, prev), targets = data.train_batch(epoch * data.steps_per_epoch + position)
+                rows += src.shape[0]
+                assert src.shape[0] * max(src.shape[1], prev.shape[1]) <= 60
+            assert rows == len(data.data["train"]), f"{batching}: every training sentence once in epoch {epoch}"
+    with pytest.raises(ConfigError, match=r"dataset.batching='buckets' is invalid; choose one of \['fairseq', 'percentile_buckets'\]"):
+        build_dataset({**config, "batching": "buckets"}, paths, seed=0)
+    with pytest.raises(ConfigError, match="dataset.bucket_count=0 is invalid"):
+        build_dataset({**config, "batching": "percentile_buckets", "bucket_count": 0}, paths, seed=0)

@@ -87,7 +87,7 @@ def write_iwslt_stand_in(folder, tmp_path):
     for name in ("valid.de", "valid.en", "test.de", "test.en"):
         lines = (SHARED_DATA / "iwslt14_de_en" / name).read_text(encoding="utf-8").splitlines()[:IWSLT_LINES]
         (source / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    prepare(folder, tokenized=source, train_from="valid", vocab_size=1000)
+    prepare(folder, tokenized=source, train_from="valid", bpe_merges=1000)
     return [f"dataset.data_dir={folder}"]
 
 
