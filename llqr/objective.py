@@ -41,7 +41,11 @@ def mean_loss(kind: str, output: torch.Tensor, targets: torch.Tensor, label_smoo
     """The training loop's losses (CONVENTIONS): each a mean over the batch (over all positions for CE).
 
     ``label_smoothing`` ε: cross-entropy against (1 − ε)·one-hot + ε/K, torch's definition and the authors'
-    (``_cross_entropy_log_prob_gradient`` [C]); it changes g, not the softmax curvature of the Fisher / GGN."""
+    (``_cross_entropy_log_prob_gradient`` [C]); it changes g, not the softmax curvature of the Fisher / GGN.
+    Padded target positions (-100, IWSLT) are left out of g and of its mean, while `output_hessian_product`'s
+    curvature covers every output position of the refit batch. Read, not run: the authors' analytic CE terminal
+    (build_lqr.py `_cross_entropy_log_prob_gradient` [C]) skips ignore_index, so their g also counts pad-class
+    targets at padded positions, averaged over all positions of a refit batch padded to the longest training pair."""
     if kind == "cross_entropy":
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1),
                                label_smoothing=label_smoothing)
