@@ -144,8 +144,9 @@ class IWSLT14(Dataset):
         self.data = {split: [(self.src_dict.encode(s), self.tgt_dict.encode(t)) for s, t in zip(text[split, "de"], text[split, "en"])]
                      for split in SPLITS}
         self.references = {split: [remove_bpe(line) for line in text[split, "en"]] for split in SPLITS}
-        self.steps_per_epoch = len(self._epoch_batches(0))  # the same every epoch with either batching
-        self.batch_size = max(len(b) for b in self._epoch_batches(0))
+        first_epoch = self._epoch_batches(0)
+        self.steps_per_epoch = len(first_epoch)  # the same every epoch with either batching
+        self.batch_size = max(len(b) for b in first_epoch)
         self.bleu_split, self.bleu_max_sentences, self.beam, self.lenpen = bleu_split, bleu_max_sentences, beam, lenpen
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.info = {"src_vocab_size": len(self.src_dict), "tgt_vocab_size": len(self.tgt_dict), "pad_index": PAD, "eos_index": EOS}
@@ -158,15 +159,16 @@ class IWSLT14(Dataset):
         """fairseq: batches built once from the seed, in a new order each epoch; percentile_buckets: rebuilt each
         epoch from that epoch's shuffle, as the LLQR code does."""
         if self._epoch_cache[0] != epoch:
-            pairs, epoch_seed = self.data["train"], self.seed * 1_000_003 + epoch
-            lengths = [len(s) for s, _ in pairs], [len(t) for _, t in pairs]
+            epoch_seed = self.seed * 1_000_003 + epoch
             if self.batching == "fairseq":
                 if self._built is None:
-                    self._built = token_batches(*lengths, self.max_tokens, self.max_sentences, self.seed)
+                    self._built = self._batches("train", self.seed)
                 order = torch.randperm(len(self._built), generator=torch.Generator().manual_seed(epoch_seed))
                 batches = [self._built[int(k)] for k in order]
             else:
-                batches = percentile_bucket_batches(*lengths, self.max_tokens, self.bucket_count, self.max_sentences, epoch_seed)
+                pairs = self.data["train"]
+                batches = percentile_bucket_batches([len(s) for s, _ in pairs], [len(t) for _, t in pairs], self.max_tokens,
+                                                    self.bucket_count, self.max_sentences, epoch_seed)
             self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
