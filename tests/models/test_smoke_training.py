@@ -26,7 +26,7 @@ PAIRINGS = [
                   "dataset.batch_size=8", "dataset.eval_split=test", "dataset.eval_windows=2"], 1e-2, "mirror"),
     ("transformer-iwslt", ["model=transformer_iwslt_de_en", "model.dim=32", "model.ffn=64", "model.heads=2", "model.encoder_layers=1",
                            "model.decoder_layers=1", "model.dropout=0.0", "dataset=iwslt14_de_en", "dataset.train_from=valid",
-                           "dataset.vocab_size=600", "dataset.max_tokens=600", "dataset.bleu_max_sentences=2", "dataset.max_len_b=4",
+                           "dataset.bpe_merges=600", "dataset.max_tokens=600", "dataset.bleu_max_sentences=2", "dataset.max_len_b=4",
                            "dataset.bleu_split=valid"], 3e-3, "mirror"),
     ("grokking-modular", ["model=grokking_transformer", "model.width=32", "model.head_dim=8", "model.mlp_dim=64",
                           "dataset=modular_arithmetic", "dataset.p=11", "dataset.batch_size=32"], 3e-3, None),
