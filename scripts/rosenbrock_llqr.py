@@ -28,6 +28,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+import yaml
 
 from llqr import rosenbrock as R
 
@@ -110,16 +111,30 @@ def write_summary(rows, path):
     return out
 
 
-def write_table_summaries(summary_rows, destination, command):
-    """One results/runs/llqr_rosenbrock/<method>/summary.json per method, in the shape `make tables` reads
-    (results/paper/llqr_fig2_rosenbrock.yaml selects a method by choices.optimizer)."""
+def write_table_summaries(summary_rows, destination, command, args):
+    """One results/runs/llqr_rosenbrock/<method>/ per method, in the shape `make tables` reads
+    (results/paper/llqr_fig2_rosenbrock.yaml selects a method by choices.optimizer): summary.json, config.yaml
+    (this run's settings, so the table can say which differ from the paper's) and command.txt."""
     for row in summary_rows:
         run = Path(destination) / row["method"]
         run.mkdir(parents=True, exist_ok=True)
+        first = row["first_step_below_1e-6"]
         summary = {"experiment": "llqr_rosenbrock", "choices": {"optimizer": row["method"]}, "seed": 0,
                    "steps": row["steps_run"], "stopped": "diverged" if row["diverged"] else "max_steps",
-                   "final": {"train/loss": row["final_loss"]}, "command": command}
+                   "final": {"train/loss": row["final_loss"]}, "first_step_below_1e-6": first if first != "" else None,
+                   "median_cos_newton": row["median_cos_newton"], "command": command}
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run / "config.yaml").write_text(yaml.safe_dump(method_config(row["method"], args), sort_keys=False))
+        (run / "command.txt").write_text(command + "\n")
+
+
+def method_config(method, args):
+    """The settings one method ran with: the outer loop for all, the inner solver for the LLQR relaxations."""
+    config = {"start": list(args.start), "lr_out": args.lr_out, "steps": args.steps}
+    if method.startswith("llqr_"):
+        config.update(refit_every=int(method.split("_T")[1]), inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                      clip=args.clip, ema_decay=args.ema_decay, min_scalar=args.min_scalar)
+    return config
 
 
 def settings(args):
@@ -287,7 +302,7 @@ def main(argv=None):
     summary_rows = write_summary(rows, run_dir / "summary.csv")
     if args.table_dir:
         write_table_summaries(summary_rows, args.table_dir, "OMP_NUM_THREADS=1 python -m scripts.rosenbrock_llqr "
-                              + " ".join(argv if argv is not None else sys.argv[1:]))
+                              + " ".join(argv if argv is not None else sys.argv[1:]), args)
     (run_dir / "settings.json").write_text(json.dumps(settings(args), indent=1) + "\n")
     plot_all(rows, fig_dir, args)
     print(f"wrote {run_dir}/trajectories.csv, summary.csv, settings.json and PNGs in {fig_dir}")
