@@ -289,8 +289,16 @@ def sweep(args, cfg, run_dir):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """Runs in float64 (the comparisons down to 1e-10 need it), leaving torch's default dtype as it found it."""
+    previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
+    try:
+        run_and_write(parse_args(argv), argv)
+    finally:
+        torch.set_default_dtype(previous_dtype)
+
+
+def run_and_write(args, argv):
     cfg = R.InnerConfig(steps=args.inner_steps, lr=args.inner_lr, clip=args.clip,
                         ema_decay=args.ema_decay, min_scalar=args.min_scalar)
     run_dir, fig_dir = Path(args.run_dir), Path(args.fig_dir)

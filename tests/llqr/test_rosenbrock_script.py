@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from scripts.make_tables import make_tables
@@ -20,6 +21,7 @@ def table_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("rosenbrock")
     main(["--steps", "25", "--refit-every", "1", "10", "--inner-steps", "20", "--run-dir", str(root / "run"),
           "--fig-dir", str(root / "fig"), "--table-dir", str(root / "runs" / "llqr_rosenbrock")])
+    assert torch.get_default_dtype() == torch.float32  # the script's float64 must not leak into later tests
     return root
 
 
