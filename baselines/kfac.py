@@ -146,7 +146,7 @@ class KFAC(torch.optim.Optimizer):
             layer.reset()
             layer.capturing = True
         with torch.enable_grad():
-            sampled = sampled_loss(model(inputs), self.loss)
+            sampled = sampled_loss(model(inputs), self.loss, getattr(closure, "targets", None))
             torch.autograd.grad(sampled, [layer.module.weight for layer in self.layers], allow_unused=True)
         for layer in self.layers:
             layer.capturing = False
@@ -276,18 +276,25 @@ class KFAC(torch.optim.Optimizer):
         self.layers = []
 
 
-def sampled_loss(output, kind):
-    """The protocol's loss kinds on targets drawn from the model's own predictive distribution."""
+def sampled_loss(output, kind, targets=None):
+    """The protocol's loss kinds on targets drawn from the model's own predictive distribution.
+
+    Cross-entropy positions whose real target is padding (-100) stay out of the sampled loss, as they stay out of
+    the training loss: Ĝ then sums over the same positions, and with the same 1/M, as the empirical Fisher's. Â
+    still averages the layer inputs over every row, padded ones included (kfac-pytorch does the same)."""
     with torch.no_grad():
         if kind == "cross_entropy":
             probs = torch.softmax(output.reshape(-1, output.shape[-1]).float(), dim=-1)
             target = torch.multinomial(probs, 1).reshape(-1)
+            if torch.is_tensor(targets) and not targets.is_floating_point():
+                target = target.masked_fill(targets.reshape(-1) == _IGNORE_INDEX, _IGNORE_INDEX)
         elif kind == "mse":
             target = output + torch.randn_like(output)  # y ~ N(f(x), I) for ½‖f(x) − y‖²
         else:
             target = torch.bernoulli(torch.sigmoid(output))
-    if kind == "cross_entropy":
-        return F.cross_entropy(output.reshape(-1, output.shape[-1]), target)
+    if kind == "cross_entropy":  # a mean over the unpadded positions (0 when all are padding, not nan)
+        counted = max(int((target != _IGNORE_INDEX).sum()), 1)
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), target, reduction="sum") / counted
     if kind == "mse":
         return 0.5 * (output - target).pow(2).reshape(output.shape[0], -1).sum(1).mean()
     return F.binary_cross_entropy_with_logits(output, target)

@@ -3,7 +3,9 @@ preconditioned given the factors' eigendecompositions.
 
 Conventions (baselines_notes.md §1.4). A layer computes s = W̄ ā with W̄ = [W | b] and ā = [a; 1] when it has
 a bias. Every row of its input (a batch element, a spatial location of a conv, a time step of a recurrent cell,
-a token of a sequence) is one "expand" row (Eschenhagen et al. 2023, "K-FAC-expand"):
+a token of a sequence, padded tokens included: kfac-pytorch's choice) is one "expand" row (Eschenhagen et al.
+2023, "K-FAC-expand"). A padded position that no unpadded one attends to (key-padding or causal masks) has
+g = 0, so it adds to R but not to Ĝ:
 
     Â = (1/R) Σ_rows ā āᵀ                 (R = number of input rows)
     Ĝ = (1/M) Σ_rows (M g)(M g)ᵀ           (g = ∂loss/∂s of the batch-mean loss, M = examples the loss averages)

@@ -152,3 +152,20 @@ def test_conv_input_columns_are_the_unfolded_patches(conv, channels_last):
     unfolded = F.unfold(x, conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride)
     expected = unfolded.permute(1, 0, 2).reshape(unfolded.shape[1], -1)
     assert torch.equal(input_columns(conv, x), expected)
+
+
+def test_mc_fisher_leaves_padded_positions_out_of_the_output_factor():
+    """Padded targets (-100) are out of the training loss, so the sampled Fisher must not count them either:
+    Ĝ is the exact softmax Fisher averaged over the unpadded rows only, whatever the padded rows' logits."""
+    torch.manual_seed(5)
+    layer = nn.Linear(3, 4)
+    real, padded = torch.randn(5, 3), 10 * torch.randn(3, 3)
+    x = torch.cat([real, padded]).repeat(4000, 1)
+    y = torch.cat([torch.zeros(5, dtype=torch.long), torch.full((3,), -100)]).repeat(4000)
+    opt = KFAC(layer.parameters(), model=layer, lr=0.0, factor_decay=0.0, kl_clip=None, fisher="mc", verbose=False)
+    opt.step(protocol_closure(layer, x, y))
+    p = torch.softmax(layer(real), dim=1).detach()
+    exact = torch.stack([torch.diag(q) - torch.outer(q, q) for q in p]).mean(0)
+    torch.testing.assert_close(opt.state[layer.weight]["G"], exact, rtol=0.0, atol=0.01)
+    rows = torch.cat([x[:8], torch.ones(8, 1)], dim=1)  # Â: every row, padded ones too (kfac-pytorch's choice)
+    torch.testing.assert_close(opt.state[layer.weight]["A"], rows.T @ rows / 8)
