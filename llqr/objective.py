@@ -35,6 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 DIVERGENCES = ("ngd", "gauss_newton", "newton")
 LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
+IGNORE_INDEX = -100  # padded targets (harness.protocol.IGNORE_INDEX, F.cross_entropy's default)
 
 
 def mean_loss(kind: str, output: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -42,10 +43,11 @@ def mean_loss(kind: str, output: torch.Tensor, targets: torch.Tensor, label_smoo
 
     ``label_smoothing`` ε: cross-entropy against (1 − ε)·one-hot + ε/K, torch's definition and the authors'
     (``_cross_entropy_log_prob_gradient`` [C]); it changes g, not the softmax curvature of the Fisher / GGN.
-    Padded target positions (-100, IWSLT) are left out of g and of its mean, while `output_hessian_product`'s
-    curvature covers every output position of the refit batch. Read, not run: the authors' analytic CE terminal
-    (build_lqr.py `_cross_entropy_log_prob_gradient` [C]) skips ignore_index, so their g also counts pad-class
-    targets at padded positions, averaged over all positions of a refit batch padded to the longest training pair."""
+    Padded target positions (-100, IWSLT) are left out of g and of its mean, and `output_hessian_product` leaves
+    them out of the curvature, so the LQR terminal is the quadratic model of the loss the training loop minimises.
+    Read, not run: the authors' analytic CE terminal (build_lqr.py `_cross_entropy_log_prob_gradient` [C]) has no
+    ignore_index, so their g and curvature also count pad-class targets at padded positions, averaged over all
+    positions of a refit batch padded to the longest training pair."""
     if kind == "cross_entropy":
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1),
                                label_smoothing=label_smoothing)
@@ -56,13 +58,20 @@ def mean_loss(kind: str, output: torch.Tensor, targets: torch.Tensor, label_smoo
     raise ValueError(f"Invalid loss: {kind}. Must be one of {LOSSES}.")
 
 
-def output_hessian_product(kind: str, output: torch.Tensor, v: torch.Tensor, batch_sum: bool) -> torch.Tensor:
-    """H_out·v: the Hessian of the mean loss in the output, times the number of terms when ``batch_sum``."""
+def output_hessian_product(kind: str, output: torch.Tensor, v: torch.Tensor, batch_sum: bool,
+                           targets: torch.Tensor = None) -> torch.Tensor:
+    """H_out·v: the Hessian of the mean loss in the output, times the number of terms when ``batch_sum``.
+
+    For cross-entropy, positions whose target is padding (-100) are not terms of the loss: their rows of H_out·v
+    are 0 and they are not counted in the mean (the Gauss-Newton matrix of `mean_loss`)."""
     if kind == "cross_entropy":
         z = output.reshape(-1, output.shape[-1])
         p, w = torch.softmax(z, dim=-1), v.reshape(z.shape)
         hv = p * w - p * (p * w).sum(-1, keepdim=True)  # (diag p − p pᵀ) v per position
         n = z.shape[0]
+        if torch.is_tensor(targets) and not targets.is_floating_point():
+            counted = targets.reshape(-1, 1) != IGNORE_INDEX
+            hv, n = hv * counted, max(int(counted.sum()), 1)
     elif kind == "mse":
         hv, n = v, output.shape[0]
     elif kind == "binary_cross_entropy":
@@ -158,7 +167,8 @@ class LQRObjective:
             ju = self._jvp_fn(tuple(u))
         else:
             _, ju = jvp(self._forward, (self._theta,), (tuple(u),))
-        h_ju = output_hessian_product(self.loss, self.output, ju, batch_sum=self.divergence == "ngd")
+        h_ju = output_hessian_product(self.loss, self.output, ju, batch_sum=self.divergence == "ngd",
+                                      targets=self.targets)
         return list(self._vjp_fn(h_ju)[0])
 
     # -- Newton: Hessian-vector products by double backward (issue 5 §4) -----------------------------------

@@ -179,3 +179,29 @@ def test_identity_init(kind):
     d = [torch.randn(sh, dtype=torch.float64) for sh in SHAPES]
     for got, want in zip(s.apply(s.identity("cpu", torch.float64), d), d):
         assert torch.allclose(got, want, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("divergence", ["ngd", "gauss_newton", "newton"])
+def test_padded_positions_are_out_of_g_and_of_the_curvature(divergence):
+    """Sequence outputs with padded targets (-100, as IWSLT batches): M is the GGN / Hessian of the loss the
+    training loop minimises, which neither counts nor averages over the padded positions."""
+    model = _mlp()
+    x = torch.randn(3, 4, 4, dtype=torch.float64)  # (batch, positions, features)
+    y = torch.randint(0, 3, (3, 4))
+    y[0, 2:], y[2, 1:] = -100, -100
+    counted = int((y != -100).sum())
+    params = list(model.parameters())
+    obj = LQRObjective(model, params, "cross_entropy", x, y, divergence)
+    theta0, f = _flat_fn(model)
+    loss = lambda logits: nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1))  # noqa: E731
+    if divergence == "newton":
+        m = hessian(lambda t: loss(f(t, x)), theta0)
+    else:
+        out = f(theta0, x).detach()
+        jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
+        m = jac.T @ hessian(lambda o: loss(o.view_as(out)), out.reshape(-1)) @ jac
+        m = m * counted if divergence == "ngd" else m
+    u = [torch.randn_like(p) for p in params]
+    g = torch.autograd.functional.jacobian(lambda t: loss(f(t, x)), theta0)
+    assert _rel(_flat(obj.g), g) < 1e-13
+    assert _rel(_flat(obj.grad_u(u)), g + m @ _flat(u)) < 1e-12
