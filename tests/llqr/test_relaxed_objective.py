@@ -44,16 +44,21 @@ def _flat_fn(model):
     return theta0, lambda theta, x: functional_call(model, unflatten(theta), (x,))
 
 
+def _dense_curvature(f, theta0, x, loss_of_output, divergence):
+    """The Hessian of loss∘f by double backward (newton), else the GGN Jᵀ ∇²loss J, formed explicitly."""
+    if divergence == "newton":
+        return hessian(lambda t: loss_of_output(f(t, x)), theta0)
+    out = f(theta0, x).detach()
+    jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
+    return jac.T @ hessian(lambda o: loss_of_output(o.view_as(out)), out.reshape(-1)) @ jac
+
+
 def _dense_metric(model, loss, x, y, divergence):
     """M formed explicitly: Jᵀ H_out J (GGN of the mean loss, × #terms for ngd) or the Hessian."""
     theta0, f = _flat_fn(model)
-    if divergence == "newton":
-        return hessian(lambda t: mean_loss(loss, f(t, x), y), theta0)  # double backward
-    out = f(theta0, x).detach()
-    jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
-    h_out = hessian(lambda o: mean_loss(loss, o.view_as(out), y), out.reshape(-1))
-    n = out.reshape(-1, out.shape[-1]).shape[0] if loss == "cross_entropy" else out.shape[0]
-    m = jac.T @ h_out @ jac
+    m = _dense_curvature(f, theta0, x, lambda out: mean_loss(loss, out, y), divergence)
+    out_shape = f(theta0, x).shape
+    n = out_shape[:-1].numel() if loss == "cross_entropy" else out_shape[0]
     return m * n if divergence == "ngd" else m
 
 
@@ -97,12 +102,7 @@ def test_label_smoothed_objective_equals_dense(divergence):
     def smoothed(logits):
         return nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
 
-    if divergence == "newton":
-        m = hessian(lambda t: smoothed(f(t, x)), theta0)
-    else:
-        out = f(theta0, x).detach()
-        jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
-        m = jac.T @ hessian(lambda o: smoothed(o.view_as(out)), out.reshape(-1)) @ jac
+    m = _dense_curvature(f, theta0, x, smoothed, divergence)
     g = torch.autograd.functional.jacobian(lambda t: smoothed(f(t, x)), theta0)
     assert _rel(_flat(obj.g), g) < 1e-13
     assert _rel(_flat(obj.g), _flat(LQRObjective(model, params, "cross_entropy", x, y, divergence).g)) > 1e-3
@@ -194,13 +194,8 @@ def test_padded_positions_are_out_of_g_and_of_the_curvature(divergence):
     obj = LQRObjective(model, params, "cross_entropy", x, y, divergence)
     theta0, f = _flat_fn(model)
     loss = lambda logits: nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1))  # noqa: E731
-    if divergence == "newton":
-        m = hessian(lambda t: loss(f(t, x)), theta0)
-    else:
-        out = f(theta0, x).detach()
-        jac = jacobian(lambda t: f(t, x), theta0).reshape(out.numel(), -1)
-        m = jac.T @ hessian(lambda o: loss(o.view_as(out)), out.reshape(-1)) @ jac
-        m = m * counted if divergence == "ngd" else m
+    m = _dense_curvature(f, theta0, x, loss, divergence)
+    m = m * counted if divergence == "ngd" else m
     u = [torch.randn_like(p) for p in params]
     g = torch.autograd.functional.jacobian(lambda t: loss(f(t, x)), theta0)
     assert _rel(_flat(obj.g), g) < 1e-13
