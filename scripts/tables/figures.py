@@ -50,25 +50,36 @@ def _number(text):
 
 def curves_figure(path, run_dirs):
     """train/loss (left) and val/accuracy (right; val/loss when no run logs an accuracy) against step, one line per
-    run directory."""
+    run directory. The seeds of one optimizer share a colour and a legend entry; when the runs come from several
+    experiments, the entry names the experiment too."""
     figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
     runs = []
     for run_dir in map(Path, run_dirs):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        label = f"{(summary.get('choices') or {}).get('optimizer', run_dir.name)} s{summary.get('seed', '?')}"
-        runs.append((records, label))
-    logs_accuracy = any(r.get("val/accuracy") is not None for records, _ in runs for r in records)
+        runs.append((records, summary, run_dir))
+    several_experiments = len({summary.get("experiment") for _, summary, _ in runs}) > 1
+    groups = [_curve_group(summary, run_dir, several_experiments) for _, summary, run_dir in runs]
+    colours = {group: f"C{i % 10}" for i, group in enumerate(dict.fromkeys(groups))}
+    logs_accuracy = any(r.get("val/accuracy") is not None for records, _, _ in runs for r in records)
     val_key = "val/accuracy" if logs_accuracy else "val/loss"
-    for records, label in runs:
+    for (records, _, _), group in zip(runs, groups):
+        label = f"{group} ({groups.count(group)} runs)" if groups.count(group) > 1 else group
         for axes, key in ((loss_axes, "train/loss"), (val_axes, val_key)):
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
-                axes.plot(*zip(*points), marker=".", label=label)
+                labelled = label not in axes.get_legend_handles_labels()[1]
+                axes.plot(*zip(*points), marker=".", color=colours[group], label=label if labelled else None)
     loss_axes.set(xlabel="step", ylabel="train/loss", yscale="log")
     val_axes.set(xlabel="step", ylabel=val_key)
     loss_axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _curve_group(summary, run_dir, with_experiment):
+    """The legend entry of a run: its optimizer (and experiment), or its directory name when it has no summary."""
+    name = (summary.get("choices") or {}).get("optimizer", run_dir.name)
+    return f"{name} [{summary.get('experiment')}]" if with_experiment else name
