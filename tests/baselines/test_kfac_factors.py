@@ -121,6 +121,12 @@ def test_embedding_factors_are_a_diagonal_count_and_a_gradient_covariance():
     torch.testing.assert_close(state["G"], g_ref / 5)
 
 
+def _mean_softmax_fisher(logits):
+    """E_y[(p − e_y)(p − e_y)ᵀ] = diag(p) − p pᵀ, averaged over the rows (Martens & Grosse 2015 §5)."""
+    p = torch.softmax(logits, dim=1).detach()
+    return torch.stack([torch.diag(q) - torch.outer(q, q) for q in p]).mean(0)
+
+
 def test_mc_fisher_output_factor_matches_the_exact_softmax_fisher_in_expectation():
     torch.manual_seed(4)
     layer = nn.Linear(3, 4)
@@ -128,10 +134,7 @@ def test_mc_fisher_output_factor_matches_the_exact_softmax_fisher_in_expectation
     y = torch.zeros(x.shape[0], dtype=torch.long)  # unused by the MC Fisher
     opt = KFAC(layer.parameters(), model=layer, lr=0.0, factor_decay=0.0, kl_clip=None, fisher="mc", verbose=False)
     opt.step(protocol_closure(layer, x, y))
-    p = torch.softmax(layer(x[:5]), dim=1).detach()
-    # E_y[(p − e_y)(p − e_y)ᵀ] = diag(p) − p pᵀ, averaged over the inputs (Martens & Grosse 2015 §5).
-    exact = torch.stack([torch.diag(q) - torch.outer(q, q) for q in p]).mean(0)
-    torch.testing.assert_close(opt.state[layer.weight]["G"], exact, rtol=0.0, atol=0.01)
+    torch.testing.assert_close(opt.state[layer.weight]["G"], _mean_softmax_fisher(layer(x[:5])), rtol=0.0, atol=0.01)
     rows = torch.cat([x[:5], torch.ones(5, 1)], dim=1)
     torch.testing.assert_close(opt.state[layer.weight]["A"], rows.T @ rows / 5)
 
@@ -164,8 +167,6 @@ def test_mc_fisher_leaves_padded_positions_out_of_the_output_factor():
     y = torch.cat([torch.zeros(5, dtype=torch.long), torch.full((3,), -100)]).repeat(4000)
     opt = KFAC(layer.parameters(), model=layer, lr=0.0, factor_decay=0.0, kl_clip=None, fisher="mc", verbose=False)
     opt.step(protocol_closure(layer, x, y))
-    p = torch.softmax(layer(real), dim=1).detach()
-    exact = torch.stack([torch.diag(q) - torch.outer(q, q) for q in p]).mean(0)
-    torch.testing.assert_close(opt.state[layer.weight]["G"], exact, rtol=0.0, atol=0.01)
+    torch.testing.assert_close(opt.state[layer.weight]["G"], _mean_softmax_fisher(layer(real)), rtol=0.0, atol=0.01)
     rows = torch.cat([x[:8], torch.ones(8, 1)], dim=1)  # Â: every row, padded ones too (kfac-pytorch's choice)
     torch.testing.assert_close(opt.state[layer.weight]["A"], rows.T @ rows / 8)
