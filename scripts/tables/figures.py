@@ -1,5 +1,6 @@
 """Figures with matplotlib (Agg): ours vs the paper for success-rate tables, and training curves from metrics.jsonl."""
 
+from collections import Counter
 import json
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def curves_figure(path, run_dirs):
     colours = {group: f"C{i % 10}" for i, group in enumerate(dict.fromkeys(groups))}
     logs_accuracy = any(r.get("val/accuracy") is not None for records, _, _ in runs for r in records)
     val_key = "val/accuracy" if logs_accuracy else "val/loss"
+    runs_per_group = Counter(groups)
     for (records, _, _), group in zip(runs, groups):
-        label = f"{group} ({groups.count(group)} runs)" if groups.count(group) > 1 else group
+        label = f"{group} ({runs_per_group[group]} runs)" if runs_per_group[group] > 1 else group
         for axes, key in ((loss_axes, "train/loss"), (val_axes, val_key)):
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
