@@ -31,7 +31,7 @@ def _row_header(spec):
 
 def _line(spec, cell, picked):
     result = aggregate([run_value(run, cell.metric) for run in picked], cell.metric)
-    paper = paper_cell(spec.paper, cell.row, cell.column)
+    paper = paper_cell(spec.paper, cell.row, cell.paper_column)
     paper_std = paper_cell(spec.paper, *cell.paper_std_at) if cell.paper_std_at else None
     notes = list(cell.notes)
     if cell.not_reproduced:
@@ -65,7 +65,7 @@ def _paper_text(spec, cell, paper, paper_std):
 
 def _raw_paper_text(spec, cell, at=None):
     """The paper's number as printed in the CSV (keeps 73.975, 5.054, 7e-7 as they are)."""
-    row, column = at or (cell.row, cell.column)
+    row, column = at or (cell.row, cell.paper_column)
     table = spec.paper
     if isinstance(row, int) and str(row) not in table.index:
         return table[column].iloc[row - 1].strip()

@@ -2,6 +2,7 @@
 
 from collections import Counter
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,8 @@ def success_rate_figure(path, spec, frame):
     rows = frame[frame["ours (mean ± std)"] != NO_RUNS]
     if rows.empty:
         return False
-    labels = [f"{row} {column}" for row, column in zip(rows.iloc[:, 0], rows["column"])]
+    header = rows.columns[0]  # the paper's row header, e.g. "Length" or "rank"
+    labels = [f"{header} {row}, {column}" for row, column in zip(rows.iloc[:, 0], rows["column"])]
     repeated = {label for label in labels if labels.count(label) > 1}  # a cell run at several scales
     labels = [f"{label} [{_short_scale(scale)}]" if label in repeated else label
               for label, scale in zip(labels, rows["scale"])]
@@ -29,7 +31,7 @@ def success_rate_figure(path, spec, frame):
     axes.bar([p + 0.2 for p in positions], paper, width=0.4, label="paper")
     axes.set_xticks(list(positions), labels, rotation=60, ha="right", fontsize=7)
     axes.set_ylabel("success rate")
-    axes.set_title(spec.title, fontsize=9)
+    axes.set_title("\n".join(textwrap.wrap(spec.title, 70)), fontsize=9)
     axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -11,7 +11,8 @@
 
 An entry may hold: select, metric, paper_setting, note, needs_gpu (true: only a smoke run is expected here),
 not_reproduced (a reason: no runs are expected), paper_std_row / paper_std_column (where the paper's std is),
-paper_note (a caveat on the paper's number). Selectors and settings merge table < row < column < cell.
+paper_column (the CSV column holding this column's paper number, when several of our columns compare with one of the
+paper's), paper_note (a caveat on the paper's number). Selectors and settings merge table < row < column < cell.
 """
 
 import re
@@ -34,6 +35,7 @@ class Cell:
     paper_std_at: tuple = None
     paper_note: str = None
     not_reproduced: str = None
+    paper_column: str = None      # the CSV column with the paper's number (default: the column's own label)
 
 
 @dataclass
@@ -72,12 +74,13 @@ def _cell(raw, row, row_entry, column, column_entry):
     notes = [layer["note"] for layer in layers[1:] if layer.get("note")]
     if any(layer.get("needs_gpu") for layer in layers):
         notes.insert(0, "needs GPU (smoke run only here)")
+    paper_column = next((layer["paper_column"] for layer in reversed(layers[1:]) if layer.get("paper_column")), column)
     std_row = next((layer["paper_std_row"] for layer in layers[1:] if layer.get("paper_std_row")), None)
     std_col = next((layer["paper_std_column"] for layer in layers[1:] if layer.get("paper_std_column")), None)
-    std_at = (std_row or row, std_col or column) if (std_row or std_col) else None
+    std_at = (std_row or row, std_col or paper_column) if (std_row or std_col) else None
     paper_note = next((layer["paper_note"] for layer in reversed(layers[1:]) if layer.get("paper_note")), None)
     not_reproduced = next((layer["not_reproduced"] for layer in reversed(layers) if layer.get("not_reproduced")), None)
-    return Cell(row, column, select, metric, setting, notes, std_at, paper_note, not_reproduced)
+    return Cell(row, column, select, metric, setting, notes, std_at, paper_note, not_reproduced, paper_column)
 
 
 def _merge(base, extra):

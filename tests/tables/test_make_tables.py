@@ -63,6 +63,8 @@ def test_fixture_cells_mean_std_missing_runs_and_unknown_paper_cells(tmp_path):
     assert xor[("32", "SGD_RNN")]["paper"] == "? (unknown)"
     assert xor[("55", "SGD_RNN")]["ours (mean ± std)"] == "0.00 (0/2)"
     assert xor[("55", "SGD_RNN")]["scale"] == "full"
+    short = xor[("32", "PSGD_LRA_RNN short")]          # paper_column: compared with PSGD_LRA_RNN's paper number
+    assert (short["ours (mean ± std)"], short["paper"], short["ours − paper"]) == ("0.67 (2/3)", "1", "-0.33")
 
 
 def test_repository_tables_build_with_no_runs(tmp_path, capsys):
