@@ -20,7 +20,7 @@ def success_rate_figure(path, spec, frame):
         return False
     header = rows.columns[0]  # the paper's row header, e.g. "Length" or "rank"
     labels = [f"{header} {row}, {column}" for row, column in zip(rows.iloc[:, 0], rows["column"])]
-    repeated = {label for label in labels if labels.count(label) > 1}  # a cell run at several scales
+    repeated = {label for label, count in Counter(labels).items() if count > 1}  # a cell run at several scales
     labels = [f"{label} [{_short_scale(scale)}]" if label in repeated else label
               for label, scale in zip(labels, rows["scale"])]
     ours = [float(text.split(" ")[0]) for text in rows["ours (mean ± std)"]]
