@@ -69,84 +69,107 @@ def autocast_for(precision, device):
 def train(cfg, run_dir):
     """Train as `cfg` says, writing everything into `run_dir`. Returns the summary dict."""
     run_dir = Path(run_dir)
-    trainer = cfg.trainer
     torch.manual_seed(cfg.seed)
-    configure_determinism(trainer)
-    ranks = Distributed.from_environment(trainer.device)
-    device = ranks.device(resolve_device(trainer.device))
+    configure_determinism(cfg.trainer)
+    ranks = Distributed.from_environment(cfg.trainer.device)
+    device = ranks.device(resolve_device(cfg.trainer.device))
     run = build_run(cfg, device)
-    distance_from_init = DistanceFromInit(run.model) if trainer.get("distance_from_init") else None
+    distance_from_init = DistanceFromInit(run.model) if cfg.trainer.get("distance_from_init") else None
     if ranks.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
-    start_step, best, last_checkpoint = resume(cfg, run, checkpoints)
-    loggers = Loggers(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name,
-                      resume_step=start_step or None, enabled=ranks.is_main)
-
-    def save_checkpoint(step):
-        if not ranks.is_main:
-            return None
-        return checkpoints.save(step, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                       "rng": rng_state(), "sample_generator": run.sample_generator.get_state(), "best": best})
-
-    def write_summary(stopped, **extra):
-        summary = {**make_summary(cfg, run, best, step, stopped, last_loss, train_time / max(step - start_step, 1),
-                                  device), **extra}
-        if ranks.is_main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
-
+    record = RunRecord(cfg, run, run_dir, ranks)
     if ranks.is_main:
         print(f"{cfg.model.name} on {cfg.dataset.name} with {cfg.optimizer._target_}: {run.total_steps} steps on {device}"
               + (f" x {ranks.world_size} processes" if ranks.active else ""))
-    train_time, step, stopped, last_loss = 0.0, start_step, "max_steps", math.nan
-    progress = tqdm(total=run.total_steps, initial=start_step, disable=not (trainer.progress and ranks.is_main), dynamic_ncols=True)
     with PreemptionGuard() as preemption:
-        while step < run.total_steps:
-            started = time.perf_counter()
-            last_loss = ranks.mean(train_step(run, step, ranks, trainer))
-            if not math.isfinite(last_loss):  # record the divergence (a success-rate table counts it) and stop
-                write_summary("non_finite_loss")
-                raise NonFiniteLossError(
-                    f"the loss is {last_loss} at step {step}; training stopped. Last good checkpoint: "
-                    f"{last_checkpoint or 'none written yet'}. Lower the learning rate or set trainer.grad_clip.")
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time += time.perf_counter() - started
-            step += 1
-            progress.update(1)
-            if step % trainer.log_every == 0 or step == run.total_steps:
-                loggers.log({"step": step, "train/loss": last_loss, "lr": run.optimizer.param_groups[0]["lr"]})
-                progress.set_postfix(loss=f"{last_loss:.4g}")
-            target_reached = trainer.stop_at_train_loss is not None and last_loss < trainer.stop_at_train_loss
-            if (trainer.eval_every and step % trainer.eval_every == 0) or step == run.total_steps or target_reached:
-                metrics = evaluate(run.model, run.dataset, run.eval_loss_fn, device, run.autocast, run.micro_batches)
-                if metrics:
-                    _update_best(best, metrics, step)
-                    loggers.log({"step": step, **metrics})
-            if target_reached:
-                stopped = "target_train_loss"
-                break
-            if preemption.received is not None:
-                save_checkpoint(step)
-                loggers.close()
-                preemption.hand_over()
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < run.total_steps:
-                last_checkpoint = save_checkpoint(step)
-    progress.close()
+        run_steps(cfg, run, record, ranks, preemption)
     if cfg.checkpoint.at_end:
-        save_checkpoint(step)
+        record.save_checkpoint()
     extra = final_metrics(run.model, run.dataset, device)
     if distance_from_init is not None:
         extra.update(distance_from_init(run.model))
     if extra:
-        best.setdefault("last", {}).update(extra)
-        loggers.log({"step": step, **extra})
+        record.best.setdefault("last", {}).update(extra)
+        record.loggers.log({"step": record.step, **extra})
     agreement = dict(world_size=ranks.world_size, ranks_agree=ranks.parameters_agree(run.model)) if ranks.active else {}
-    summary = write_summary(stopped, **agreement)
-    loggers.close(summary)
+    summary = record.write_summary(**agreement)
+    record.loggers.close(summary)
     ranks.close()
     return summary
+
+
+def run_steps(cfg, run, record, ranks, preemption):
+    """Train from `record.step` to the last step, or until the batch loss is under `trainer.stop_at_train_loss`;
+    logs, evaluates and checkpoints on the way, and hands over to the scheduler when preempted."""
+    trainer = cfg.trainer
+    progress = tqdm(total=run.total_steps, initial=record.step, disable=not (trainer.progress and ranks.is_main),
+                    dynamic_ncols=True)
+    while record.step < run.total_steps:
+        started = time.perf_counter()
+        record.last_loss = ranks.mean(train_step(run, record.step, ranks, trainer))
+        if not math.isfinite(record.last_loss):  # record the divergence (a success-rate table counts it) and stop
+            record.stopped = "non_finite_loss"
+            record.write_summary()
+            raise NonFiniteLossError(
+                f"the loss is {record.last_loss} at step {record.step}; training stopped. Last good checkpoint: "
+                f"{record.last_checkpoint or 'none written yet'}. Lower the learning rate or set trainer.grad_clip.")
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        record.train_time += time.perf_counter() - started
+        record.step += 1
+        step = record.step
+        progress.update(1)
+        if step % trainer.log_every == 0 or step == run.total_steps:
+            lr = run.optimizer.param_groups[0]["lr"]
+            record.loggers.log({"step": step, "train/loss": record.last_loss, "lr": lr})
+            progress.set_postfix(loss=f"{record.last_loss:.4g}")
+        target_reached = trainer.stop_at_train_loss is not None and record.last_loss < trainer.stop_at_train_loss
+        if (trainer.eval_every and step % trainer.eval_every == 0) or step == run.total_steps or target_reached:
+            metrics = evaluate(run.model, run.dataset, run.eval_loss_fn, run.device, run.autocast, run.micro_batches)
+            if metrics:
+                _update_best(record.best, metrics, step)
+                record.loggers.log({"step": step, **metrics})
+        if target_reached:
+            record.stopped = "target_train_loss"
+            break
+        if preemption.received is not None:
+            record.save_checkpoint()
+            record.loggers.close()
+            preemption.hand_over()
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < run.total_steps:
+            record.last_checkpoint = record.save_checkpoint()
+    progress.close()
+
+
+class RunRecord:
+    """Where a run stands (step, last loss, best metrics, training time) and what it writes down: checkpoints, the
+    loggers' lines and summary.json. Built by resuming from the newest checkpoint of the run directory, if any."""
+
+    def __init__(self, cfg, run, run_dir, ranks):
+        self.cfg, self.run, self.run_dir, self.ranks = cfg, run, run_dir, ranks
+        self.checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
+        self.start_step, self.best, self.last_checkpoint = resume(cfg, run, self.checkpoints)
+        self.step, self.stopped, self.last_loss, self.train_time = self.start_step, "max_steps", math.nan, 0.0
+        self.loggers = Loggers(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name,
+                               resume_step=self.start_step or None, enabled=ranks.is_main)
+
+    def save_checkpoint(self):
+        """Write a checkpoint at the current step (main rank only); returns its path, or None on other ranks."""
+        if not self.ranks.is_main:
+            return None
+        run = self.run
+        return self.checkpoints.save(self.step, {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
+            "sample_generator": run.sample_generator.get_state(), "best": self.best})
+
+    def write_summary(self, **extra):
+        """Write summary.json (main rank only) and return the summary dict."""
+        seconds_per_step = self.train_time / max(self.step - self.start_step, 1)
+        summary = {**make_summary(self.cfg, self.run, self.best, self.step, self.stopped, self.last_loss,
+                                  seconds_per_step, self.run.device), **extra}
+        if self.ranks.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 class RunParts:
