@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from baselines.eigh import eigh_retrying_in_float64
+
 KRON = "kron"
 DIAG_KRON = "diag-kron"  # Embedding: the input factor of one-hot rows is diagonal
 
@@ -249,10 +251,6 @@ def precondition_inverse(v, g_inv, a_inv, kind):
 
 
 def symmetric_eigh(matrix):
-    """Eigendecomposition with eigenvalues clamped at 0 (kfac-pytorch), retried in float64 on failure."""
-    try:
-        d, q = torch.linalg.eigh(matrix)
-    except RuntimeError:  # ill-conditioned in float32 (baselines_notes.md §1.4 "Retry in float64")
-        d, q = torch.linalg.eigh(matrix.double())
-        d, q = d.to(matrix.dtype), q.to(matrix.dtype)
+    """Eigendecomposition with eigenvalues clamped at 0 (kfac-pytorch), in float64 when float32 fails."""
+    d, q = eigh_retrying_in_float64(matrix)
     return d.clamp_(min=0.0), q

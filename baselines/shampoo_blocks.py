@@ -4,6 +4,8 @@ import itertools
 
 import torch
 
+from baselines.eigh import eigh_retrying_in_float64
+
 
 def merge_small_dims(shape, max_dim):
     """Squeeze size-1 dims, then merge neighbouring dims from the last one backwards while their product stays
@@ -46,11 +48,8 @@ def apply_roots(block, roots):
 
 def inverse_root(matrix, exponent, epsilon):
     """matrix^(-1/exponent) by eigh with an absolute ε: λ ← λ − min(λ_min, 0) + ε (DistributedShampoo
-    matrix_functions, eigh path); retried in float64 when float32 eigh fails (`retry_double_precision`)."""
-    try:
-        eigenvalues, vectors = torch.linalg.eigh(matrix)
-    except RuntimeError:
-        eigenvalues, vectors = torch.linalg.eigh(matrix.double())
+    matrix_functions, eigh path); in float64 when float32 eigh fails or returns nan (`retry_double_precision`)."""
+    eigenvalues, vectors = eigh_retrying_in_float64(matrix)
     eigenvalues = eigenvalues - torch.clamp(eigenvalues.min(), max=0.0) + epsilon
     root = (vectors * eigenvalues.pow(-1.0 / exponent)) @ vectors.T
     return root.to(matrix.dtype)
