@@ -10,7 +10,8 @@ def eigh_retrying_in_float64(matrix):
     MKL's float32 eigh can return nan without raising: the G factor of K-FAC on a saturated tanh RNN (entries from
     3e-10 down to denormals, 1e-44) got nan eigenvalues, and the next step's parameters turned nan; in float64 it
     decomposes (tests/baselines/fixtures/kfac_g_factor_eigh_nan.pt). A matrix that is itself non-finite (a gradient
-    that overflowed) stays nan either way. Returns (eigenvalues, eigenvectors) in matrix.dtype."""
+    that overflowed) stays nan either way. Returns (eigenvalues, eigenvectors): in matrix.dtype, or in float64
+    when redone, so that a caller can finish its computation (Shampoo's root) in float64 before casting back."""
     if matrix.dtype == torch.float64:
         return torch.linalg.eigh(matrix)
     try:
@@ -19,5 +20,4 @@ def eigh_retrying_in_float64(matrix):
             return eigenvalues, vectors
     except RuntimeError:  # did not converge
         pass
-    eigenvalues, vectors = torch.linalg.eigh(matrix.double())
-    return eigenvalues.to(matrix.dtype), vectors.to(matrix.dtype)
+    return torch.linalg.eigh(matrix.double())

@@ -253,4 +253,4 @@ def precondition_inverse(v, g_inv, a_inv, kind):
 def symmetric_eigh(matrix):
     """Eigendecomposition with eigenvalues clamped at 0 (kfac-pytorch), in float64 when float32 fails."""
     d, q = eigh_retrying_in_float64(matrix)
-    return d.clamp_(min=0.0), q
+    return d.to(matrix.dtype).clamp_(min=0.0), q.to(matrix.dtype)
