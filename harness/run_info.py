@@ -1,5 +1,6 @@
 """Facts about a run that its summary records: code version, machine, device, library versions."""
 
+import functools
 import platform
 import resource
 import subprocess
@@ -10,8 +11,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def git_state():
-    """(commit, dirty) of the repository holding this code, or (None, None) outside a git checkout."""
+    """(commit, dirty) of the repository holding this code, or (None, None) outside a git checkout.
+
+    Asked once per process (`run_task` asks before training starts) and remembered: the summary then
+    describes the code this process imported, not edits made to the checkout while it trained."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, check=True)

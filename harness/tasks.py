@@ -5,6 +5,7 @@ its pieces (the optimizer protocol, checkpoints, loggers) and register themselve
 """
 
 from harness.errors import ConfigError
+from harness.run_info import git_state
 
 TASKS = {}
 
@@ -21,6 +22,7 @@ def run_task(cfg, run_dir):
     from harness import loop  # noqa: F401  (registers "supervised")
     from harness.rl import task  # noqa: F401  (registers "ppo")
 
+    git_state()  # record the checkout's state now, as the run starts (its summary reports it)
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r} is not known; choose one of {sorted(TASKS)}")
