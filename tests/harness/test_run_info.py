@@ -3,6 +3,7 @@
 import subprocess
 
 import pytest
+import torch
 
 from harness import run_info
 
@@ -40,7 +41,7 @@ def test_run_task_records_the_state_before_the_task_runs(scratch_repo, monkeypat
 
     def edit_then_summarise(cfg, run_dir):
         (scratch_repo / "code.py").write_text("x = 3\n")
-        return {"git_dirty": run_info.environment(run_info.torch.device("cpu"))["git_dirty"]}
+        return {"git_dirty": run_info.environment(torch.device("cpu"))["git_dirty"]}
 
     monkeypatch.setitem(tasks.TASKS, "edit_then_summarise", edit_then_summarise)
     summary = tasks.run_task(OmegaConf.create({"task": {"name": "edit_then_summarise"}}), scratch_repo)
