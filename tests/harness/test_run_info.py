@@ -9,7 +9,7 @@ from harness import run_info
 
 
 def git(repo, *args):
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
@@ -25,8 +25,7 @@ def scratch_repo(tmp_path, monkeypatch):
 
 
 def test_an_edit_made_after_the_first_ask_does_not_change_the_recorded_state(scratch_repo):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=scratch_repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    head = git(scratch_repo, "rev-parse", "HEAD")
     assert run_info.git_state() == (head, False)
     (scratch_repo / "code.py").write_text("x = 2\n")  # edited while the run trains
     assert run_info.git_state() == (head, False)
