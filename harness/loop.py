@@ -19,6 +19,7 @@ from harness.checkpoint import CheckpointManager, rng_state, set_rng_state
 from harness.data import DataPaths, build_dataset, to_device
 from harness.distributed import Distributed
 from harness.errors import ConfigError, NonFiniteLossError
+from harness.example_stats import ExampleStatistics
 from harness.loggers import Loggers
 from harness.metrics import DistanceFromInit, evaluate, final_metrics
 from harness.models import build_model
@@ -88,6 +89,8 @@ def train(cfg, run_dir):
     extra = final_metrics(run.model, run.dataset, device)
     if distance_from_init is not None:
         extra.update(distance_from_init(run.model))
+    if run.example_stats is not None:
+        extra.update(run.example_stats.finish(run.model, device, run_dir if ranks.is_main else None))
     if extra:
         record.best.setdefault("last", {}).update(extra)
         record.loggers.log({"step": record.step, **extra})
@@ -119,6 +122,8 @@ def run_steps(cfg, run, record, ranks, preemption):
         record.step += 1
         step = record.step
         progress.update(1)
+        if run.example_stats is not None and step % run.dataset.steps_per_epoch == 0:
+            run.example_stats.check(run.model, run.device)  # after each epoch (forgetting events, harness/example_stats.py)
         if step % trainer.log_every == 0 or step == run.total_steps:
             lr = run.optimizer.param_groups[0]["lr"]
             record.loggers.log({"step": step, "train/loss": record.last_loss, "lr": lr})
@@ -160,7 +165,8 @@ class RunRecord:
         run = self.run
         return self.checkpoints.save(self.step, {
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
-            "sample_generator": run.sample_generator.get_state(), "best": self.best})
+            "sample_generator": run.sample_generator.get_state(), "best": self.best,
+            "example_stats": run.example_stats.state_dict() if run.example_stats is not None else None})
 
     def write_summary(self, **extra):
         """Write summary.json (main rank only) and return the summary dict."""
@@ -208,6 +214,7 @@ def build_run(cfg, device):
     run.autocast = autocast_for(trainer.precision, device)
     run.forward_model = torch.compile(run.model) if trainer.compile else run.model
     run.device = device
+    run.example_stats = ExampleStatistics(run.dataset) if trainer.example_stats else None
     if trainer.ddp_sync not in ("broadcast", "none"):
         raise ConfigError(f"trainer.ddp_sync={trainer.ddp_sync!r} is invalid; choose 'broadcast' or 'none'")
     return run
@@ -224,6 +231,8 @@ def resume(cfg, run, checkpoints):
     run.optimizer.load_state_dict(payload["optimizer"])
     run.sample_generator.set_state(payload["sample_generator"])
     set_rng_state(payload["rng"])
+    if run.example_stats is not None:
+        run.example_stats.load_state_dict(payload.get("example_stats"))
     print(f"resumed from {path} at step {payload['step']}")
     return payload["step"], payload["best"], path
 

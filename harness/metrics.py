@@ -61,16 +61,23 @@ def final_metrics(model, dataset, device):
 
 
 @torch.no_grad()
-def prediction_entropy(model, inputs, device, batch_size=1024):
-    """Entropy (nats) of the model's softmax on each input, −Σ p log p, computed in float64 from the logits so that
-    the very small entropies of confident predictions (1e-16 and below, PSGD paper Table 11) are not rounded to 0."""
+def log_softmax_batches(model, inputs, device, batch_size=1024):
+    """(start, log-softmax of the model's outputs on inputs[start:start + batch_size]) over all inputs, in eval mode,
+    in float64 from the logits so that the very small entropies of confident predictions (1e-16 and below, PSGD
+    paper Table 11) are not rounded to 0. The model's training mode is restored afterwards."""
+    was_training = model.training
     model.eval()
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        log_p = model(to_device(inputs[start:start + batch_size], device)).double().log_softmax(-1)
-        out.append(-(log_p.exp() * log_p).sum(-1).cpu())
-    model.train()
-    return torch.cat(out)
+    try:
+        for start in range(0, len(inputs), batch_size):
+            yield start, model(to_device(inputs[start:start + batch_size], device)).double().log_softmax(-1)
+    finally:
+        model.train(was_training)
+
+
+def prediction_entropy(model, inputs, device, batch_size=1024):
+    """Entropy (nats) of the model's softmax on each input, −Σ p log p (float64)."""
+    return torch.cat([-(log_p.exp() * log_p).sum(-1).cpu()
+                      for _, log_p in log_softmax_batches(model, inputs, device, batch_size)])
 
 
 class DistanceFromInit:

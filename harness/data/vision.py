@@ -218,18 +218,38 @@ def cifar_dataset(train, test, classes, batch_size, seed, augment, cutout, norma
     return data
 
 
-def _cifar(paths, classes, batch_size, seed, augment, cutout, normalization, padding):
+def _cifar(paths, classes, batch_size, seed, augment, cutout, normalization, padding, forgetting_stats,
+           keep_most_forgettable):
     train, test = read_cifar_folder(locate_cifar(paths, classes), classes)
+    if keep_most_forgettable is not None:
+        train = most_forgettable_subset(train, forgetting_stats, keep_most_forgettable)
     return cifar_dataset(train, test, classes, batch_size, seed, augment, cutout, normalization, padding)
 
 
+def most_forgettable_subset(train, forgetting_stats, keep):
+    """The `keep` most forgettable (images, labels) of a training split, ranked by a run's example_stats.npz
+    (trainer.example_stats; PSGD paper Table 7)."""
+    from harness.example_stats import most_forgettable
+
+    if forgetting_stats is None:
+        raise ValueError(f"dataset.keep_most_forgettable={keep} needs dataset.forgetting_stats, the example_stats.npz "
+                         "of a run trained with trainer.example_stats=true; or set dataset.keep_most_forgettable=null")
+    index = most_forgettable(forgetting_stats, int(keep), len(train[1]))
+    return train[0][index], train[1][index]
+
+
 @register_dataset("cifar10")
-def cifar10(paths, batch_size=128, seed=0, augment=True, cutout=0, normalization="adabelief", padding="zeros"):
-    """CIFAR-10 with the standard augmentation (random crop, padding 4, horizontal flip, normalisation)."""
-    return _cifar(paths, 10, batch_size, seed, augment, cutout, normalization, padding)
+def cifar10(paths, batch_size=128, seed=0, augment=True, cutout=0, normalization="adabelief", padding="zeros",
+            forgetting_stats=None, keep_most_forgettable=None):
+    """CIFAR-10 with the standard augmentation (random crop, padding 4, horizontal flip, normalisation); optionally
+    only the `keep_most_forgettable` most forgettable training images of `forgetting_stats`."""
+    return _cifar(paths, 10, batch_size, seed, augment, cutout, normalization, padding, forgetting_stats,
+                  keep_most_forgettable)
 
 
 @register_dataset("cifar100")
-def cifar100(paths, batch_size=128, seed=0, augment=True, cutout=0, normalization="adabelief", padding="zeros"):
-    """CIFAR-100 with the standard augmentation."""
-    return _cifar(paths, 100, batch_size, seed, augment, cutout, normalization, padding)
+def cifar100(paths, batch_size=128, seed=0, augment=True, cutout=0, normalization="adabelief", padding="zeros",
+             forgetting_stats=None, keep_most_forgettable=None):
+    """CIFAR-100 with the standard augmentation (and the same optional pruning as cifar10)."""
+    return _cifar(paths, 100, batch_size, seed, augment, cutout, normalization, padding, forgetting_stats,
+                  keep_most_forgettable)

@@ -11,7 +11,7 @@ import torch
 
 from harness.data.base import ArrayDataset
 from harness.data.synthetic import DelayedXOR
-from tests.harness.helpers import run
+from tests.harness.helpers import run, run_crashed_then_resumed
 
 N = 4  # checkpoint after N steps, stop right after it, resume to 2N
 KFAC = ["optimizer=kfac", "optimizer.verbose=false", "optimizer.factor_update_freq=3", "optimizer.inv_update_freq=5"]
@@ -21,10 +21,6 @@ TASKS = {
     "xor_rnn": (DelayedXOR, ["model=xor_rnn", "dataset=delayed_xor", "dataset.batch_size=32", "dataset.seq_len=8",
                              "dataset.eval_size=64"]),
 }
-
-
-class Interrupted(Exception):
-    pass
 
 
 def final_parameters(run_dir):
@@ -44,19 +40,8 @@ def test_trains_and_resumes_exactly(tmp_path, monkeypatch, optimizer, task):
     overrides = [*task_overrides, *optimizer, "schedule=cosine", f"trainer.max_steps={2 * N}",
                  f"checkpoint.every={N}", "trainer.eval_every=0"]
     _, straight = run(overrides, tmp_path / "straight")
-
-    original = dataset_class.train_batch
-
-    def failing_after_checkpoint(self, step):
-        if step == N + 1:
-            raise Interrupted("simulated crash after the checkpoint at step N")
-        return original(self, step)
-
-    monkeypatch.setattr(dataset_class, "train_batch", failing_after_checkpoint)
-    with pytest.raises(Interrupted):
-        run(overrides, tmp_path / "resumed")
-    monkeypatch.setattr(dataset_class, "train_batch", original)
-    _, resumed = run(overrides, tmp_path / "resumed")
+    resumed = run_crashed_then_resumed(overrides, tmp_path / "resumed", monkeypatch, crash_at_step=N + 1,
+                                       dataset_class=dataset_class)
 
     assert straight["steps"] == resumed["steps"] == 2 * N
     a, b = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "resumed")

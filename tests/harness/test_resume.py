@@ -10,8 +10,7 @@ import time
 import pytest
 import torch
 
-from harness.data.base import ArrayDataset
-from tests.harness.helpers import REPO_ROOT, run
+from tests.harness.helpers import REPO_ROOT, run, run_crashed_then_resumed
 
 N = 6
 TASK = ["model=mlp", "dataset=digits", "schedule=cosine", f"trainer.max_steps={2 * N}", f"checkpoint.every={N}", "trainer.eval_every=4"]
@@ -22,27 +21,11 @@ def final_parameters(run_dir):
     return torch.load(newest, weights_only=True)["model"]
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("optimizer", [["optimizer=sgd"], ["optimizer=adamw"],
                                        ["optimizer=adamw", "trainer.grad_accumulation=4", "+optimizer.weight_decay_on=matrices"]])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
     run([*TASK, *optimizer], tmp_path / "straight")
-
-    original = ArrayDataset.train_batch
-
-    def failing_after_checkpoint(self, step):
-        if step == N + 1:
-            raise Interrupted("simulated crash after the checkpoint at step N")
-        return original(self, step)
-
-    monkeypatch.setattr(ArrayDataset, "train_batch", failing_after_checkpoint)
-    with pytest.raises(Interrupted):
-        run([*TASK, *optimizer], tmp_path / "resumed")
-    monkeypatch.setattr(ArrayDataset, "train_batch", original)
-    _, summary = run([*TASK, *optimizer], tmp_path / "resumed")
+    summary = run_crashed_then_resumed([*TASK, *optimizer], tmp_path / "resumed", monkeypatch, crash_at_step=N + 1)
 
     straight, resumed = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "resumed")
     assert summary["steps"] == 2 * N
