@@ -1,7 +1,8 @@
 """CIFAR variants of the PSGD paper's Table 3 (psgd_notes.md §6.3) and the LLQR code's long-tailed CIFAR.
 
-All read the CIFAR pickle batches as `harness.data.vision` does and use the standard augmentation (random crop
-with padding 4, horizontal flip, normalisation); the test split is always the standard, clean one.
+All but NTGA read the CIFAR pickle batches as `harness.data.vision` does, and all use the standard augmentation
+(random crop with padding 4, horizontal flip, normalisation); the test split is the standard, clean one except for
+NTGA, whose test images are the attacked ones.
 """
 
 import numpy as np
@@ -10,7 +11,14 @@ import torch.nn.functional as F
 
 from harness.data.base import ArrayDataset
 from harness.data.vision import cifar_dataset, locate_cifar, read_cifar_folder
+from harness.errors import DataNotFoundError
 from harness.registry import register_dataset
+
+# PSGD Table 3 "Adversarial" (reference create_adv_dataset): the NTGA release of Yuan & Wu (2021), CIFAR-10 split into
+# 40k training images, perturbed by the Neural Tangent Generalization Attack ("ntga_cnn_best"), and 10k clean ones.
+NTGA_FILES = {"train": ("x_val_cifar10.npy", "y_val_cifar10.npy"),
+              "test": ("x_train_cifar10_ntga_cnn_best.npy", "y_train_cifar10.npy")}
+NTGA_SOURCE = "github.com/lionelmessi6410/ntga (CIFAR-10, ntga_cnn_best)"
 
 
 def _check_classes(classes):
@@ -135,3 +143,37 @@ def cifar_long_tailed(paths, batch_size=128, seed=0, classes=10, imbalance_ratio
     data = cifar_dataset((train_x[keep], train_y[keep]), test, classes, batch_size, seed, augment, cutout)
     data.class_counts = counts
     return data
+
+
+def locate_ntga(paths, folder):
+    """The folder holding the four NTGA files: `<mirror>/<folder>` first, then `<root>/<folder>` (no published
+    checksums exist to verify them against)."""
+    names = [name for pair in NTGA_FILES.values() for name in pair]
+    places = [base / folder for base in (paths.mirror, paths.root) if base is not None]
+    for place in places:
+        if all((place / name).is_file() for name in names):
+            return place
+    raise DataNotFoundError(f"CIFAR-10 NTGA (PSGD Table 3 'Adversarial') needs {', '.join(names)}; looked in "
+                            f"{', '.join(map(str, places))}. Download the NTGA release from {NTGA_SOURCE} and put the "
+                            f"four files in {paths.root / folder}")
+
+
+def read_ntga_split(images_file, labels_file):
+    """One split as the reference's AdvDataSet reads it: one-hot labels (argmax), HWC images in [0, 1] quantised by
+    np.uint8(x · 255) (truncation, as the reference), returned as CHW images in [0, 1] and class indices."""
+    one_hot, images = np.load(labels_file), np.load(images_file)
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or one_hot.ndim != 2 or len(one_hot) != len(images):
+        raise ValueError(f"{images_file} / {labels_file}: expected (n, 32, 32, 3) images and (n, 10) one-hot labels, "
+                         f"got {images.shape} and {one_hot.shape}")
+    pixels = torch.from_numpy(np.uint8(images * 255))
+    return pixels.permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(np.argmax(one_hot, axis=1)).long()
+
+
+@register_dataset("cifar_ntga")
+def cifar_ntga(paths, batch_size=128, seed=0, folder="cifar10_ntga", augment=True, cutout=0):
+    """PSGD Table 3 "Adversarial": train on NTGA's 10k clean held-out CIFAR-10 images, test on its 40k attacked
+    ones. The reference also puts its test images through the training augmentation (random crop and flip); here
+    they are only normalised, as every other test set (our choice)."""
+    place = locate_ntga(paths, folder)
+    train, test = (read_ntga_split(place / images, place / labels) for images, labels in NTGA_FILES.values())
+    return cifar_dataset(train, test, 10, batch_size, seed, augment, cutout)

@@ -50,3 +50,16 @@ def write_image_folder(root, classes=3, per_class=6, side=40, seed=0):
                 pixels = class_images([c], rng, side=side + 8)[0][:, :side, :].transpose(1, 2, 0)
                 Image.fromarray(np.ascontiguousarray(pixels)).save(folder / f"img_{k}.png")
     return root
+
+
+def write_ntga_folder(folder, train=20, test=40, seed=0):
+    """The four .npy files of the NTGA release (PSGD Table 3 'Adversarial') in its format: HWC float images in
+    [0, 1] and one-hot labels; `train` clean images (x_val) and `test` "attacked" ones (x_train)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count, images_name in (("val", train, "x_val_cifar10.npy"), ("train", test, "x_train_cifar10_ntga_cnn_best.npy")):
+        labels = np.arange(count) % 10
+        images = class_images(labels.tolist(), rng).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+        np.save(folder / images_name, images)
+        np.save(folder / f"y_{prefix}_cifar10.npy", np.eye(10, dtype=np.float32)[labels])
+    return folder

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from harness.data import DataPaths, build_dataset
 from harness.data.cifar_variants import blur, instance_noisy_labels, long_tailed_counts
-from tests.data.synthetic_files import write_cifar_folder
+from harness.data.vision import CIFAR_MEAN, CIFAR_STD
+from harness.errors import DataNotFoundError
+from tests.data.synthetic_files import write_cifar_folder, write_ntga_folder
 
 
 def paths(tmp_path):
@@ -108,3 +110,23 @@ def test_cifar100_variant_and_bad_classes(tmp_path):
 
     with pytest.raises(ConfigError, match="dataset.classes=7 is invalid"):
         build_dataset({"name": "cifar_blur_deficit", "classes": 7}, paths(tmp_path), seed=0)
+
+
+def test_ntga_trains_on_the_clean_images_and_tests_on_the_attacked_ones_as_the_reference_reads_them(tmp_path):
+    folder = write_ntga_folder(tmp_path / "cache" / "cifar10_ntga", train=20, test=30)
+    data = build_dataset({"name": "cifar_ntga", "batch_size": 4, "augment": False}, paths(tmp_path), seed=0)
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    for (images_name, labels_name), x, y in (
+            (("x_val_cifar10.npy", "y_val_cifar10.npy"), data.train_x, data.train_y),
+            (("x_train_cifar10_ntga_cnn_best.npy", "y_train_cifar10.npy"), data.test_x, data.test_y)):
+        raw = np.load(folder / images_name)
+        # AdvDataSet: np.uint8(x * 255) (truncating), ToTensor (HWC -> CHW, / 255), Normalize
+        expected = torch.from_numpy(np.uint8(raw * 255).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        torch.testing.assert_close(x, (expected - mean) / std)
+        assert y.tolist() == np.argmax(np.load(folder / labels_name), axis=1).tolist()
+    assert len(data.train_y) == 20 and len(data.test_y) == 30 and data.info["num_classes"] == 10
+
+
+def test_ntga_without_its_files_says_where_to_get_them(tmp_path):
+    with pytest.raises(DataNotFoundError, match="lionelmessi6410/ntga"):
+        build_dataset({"name": "cifar_ntga"}, paths(tmp_path), seed=0)

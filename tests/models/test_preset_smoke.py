@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import SHARED_DATA
-from tests.data.synthetic_files import write_cifar_folder, write_image_folder
+from tests.data.synthetic_files import write_cifar_folder, write_image_folder, write_ntga_folder
 from tests.harness.helpers import CONFIGS, compose_config, run
 
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -63,6 +63,7 @@ REDUCED = {
     "table3_cifar10_blur_deficit": ["dataset.batch_size=2"],
     "table3_cifar10_class_imbalance": ["dataset.batch_size=2"],
     "table3_cifar10_noisy_labels": ["dataset.batch_size=2"],
+    "table3_cifar10_ntga": ["dataset.batch_size=2"],
     "table5_owt_50m": ["dataset.batch_size=2", "dataset.eval_iters=1", "trainer.max_steps=1"],  # bf16 kept: ~10 s a step on CPU
     "table5_shakespeare_char": ["dataset.batch_size=2", "dataset.eval_iters=1"],
     "table8_xor_lstm": ["dataset.eval_size=16"],
@@ -95,7 +96,9 @@ def write_iwslt_stand_in(folder, tmp_path):
 def make_data(dataset, data_root, tmp_path):
     """Write the files the preset's dataset reads (synthetic stand-ins); returns extra overrides (data locations)."""
     name = dataset.name
-    if name in ("cifar10", "cifar100") or name.startswith("cifar_"):
+    if name == "cifar_ntga":
+        write_ntga_folder(data_root / dataset.folder)
+    elif name in ("cifar10", "cifar100") or name.startswith("cifar_"):
         classes = int(dataset.get("classes") or name[len("cifar"):])
         write_cifar_folder(data_root, classes=classes, per_class=20 if classes == 10 else 2, test_per_class=1)
     elif name == "imagenet":
