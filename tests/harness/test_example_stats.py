@@ -141,7 +141,7 @@ def test_cifar_trains_on_the_most_forgettable_images_only(tmp_path):
         build_dataset({"name": "cifar10", "keep_most_forgettable": 3}, paths, seed=0)
 
 
-EPOCH = 22  # digits: 1,437 training images in batches of 64
+EPOCH = 22  # digits: 1,438 training images in batches of 64
 TASK = ["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.example_stats=true", f"trainer.max_steps={3 * EPOCH}",
         f"checkpoint.every={EPOCH + 5}"]
 
@@ -174,3 +174,22 @@ def test_example_statistics_need_an_in_memory_classification_dataset(tmp_path):
     with pytest.raises(ConfigError, match="trainer.example_stats=true needs a classification dataset held in memory"):
         run(["model=xor_rnn", "dataset=delayed_xor", "optimizer=sgd", "trainer.max_steps=1",
              "trainer.example_stats=true"], tmp_path)
+
+
+def test_the_forgetting_figure_groups_examples_by_their_forgetting_count(tmp_path, capsys):
+    from scripts.forgetting_figure import groups, main
+
+    entropy = np.array([1e-9, 2e-9, 0.5, 0.7, 1.1, 0.9, 2.0, 0.0])
+    scores = np.array([0, 0, 1, 1, 2, 5, math.inf, 0], dtype=np.float64)
+    parts = dict(groups(entropy, scores))
+    assert {name: values.tolist() for name, values in parts.items()} == {
+        "0": [1e-9, 2e-9, 0.0], "1": [0.5, 0.7], "2": [1.1], "3+": [0.9], "never\nlearned": [2.0]}
+    assert "2" not in dict(groups(entropy[:2], scores[:2])), "empty groups are left out"
+
+    run_dir = tmp_path / "run"
+    run(["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.example_stats=true", f"trainer.max_steps={2 * EPOCH}"],
+        run_dir)
+    main([str(run_dir), "--out", str(tmp_path / "fig.png")])
+    out = capsys.readouterr().out
+    assert "sgd, seed 0: 1438 examples" in out and "Spearman rho(entropy, forgetting)" in out
+    assert (tmp_path / "fig.png").stat().st_size > 0
