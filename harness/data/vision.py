@@ -97,15 +97,24 @@ def digits(paths, batch_size=64, seed=0, image_size=28, test_fraction=0.2):
     return data
 
 
+def bernoulli_pixels(images, generator):
+    """Each pixel (a probability in [0, 1]) replaced by a 0/1 draw: Li's mnist_logistic_regression.py resamples
+    every training batch so (`data = torch.bernoulli(data)`; PSGD paper Fig. 6, "Bernoulli noise")."""
+    return torch.bernoulli(images, generator=generator)
+
+
 @register_dataset("mnist")
-def mnist(paths, batch_size=64, seed=0, normalize=True, entropy_subsets=None, train_on="all"):
+def mnist(paths, batch_size=64, seed=0, normalize=True, entropy_subsets=None, train_on="all", bernoulli_resample=False):
     """MNIST (LeCun's four files; read from the mirror, the cache or downloaded, each md5-checked).
 
     `entropy_subsets`: a file written by scripts/entropy_subsets.py (an oracle's lowest- and highest-entropy
     training points, PSGD paper Table 11). With it, `train_on` may be "low_entropy" or "high_entropy" (train on
-    that subset only), and the run ends by recording the model's mean prediction entropy on both subsets."""
+    that subset only), and the run ends by recording the model's mean prediction entropy on both subsets.
+    `bernoulli_resample`: binarise every training batch anew (bernoulli_pixels; the test set stays as it is)."""
     from torchvision.datasets import MNIST
 
+    if bernoulli_resample and normalize:
+        raise ValueError("dataset.bernoulli_resample=true needs pixels in [0, 1]: set dataset.normalize=false")
     if entropy_subsets is None and train_on != "all":
         raise ValueError(f"dataset.train_on={train_on!r} needs dataset.entropy_subsets (a file written by "
                          "scripts/entropy_subsets.py); or set dataset.train_on=all")
@@ -120,10 +129,11 @@ def mnist(paths, batch_size=64, seed=0, normalize=True, entropy_subsets=None, tr
         if normalize:
             images = (images - 0.1307) / 0.3081
         tensors.append((images, split.targets.long()))
+    augment = bernoulli_pixels if bernoulli_resample else None
     if entropy_subsets is None:
-        data = ArrayDataset(tensors[0], tensors[1], batch_size, seed)
+        data = ArrayDataset(tensors[0], tensors[1], batch_size, seed, augment=augment)
     else:
-        data = EntropySubsetsDataset(tensors[0], tensors[1], batch_size, seed, entropy_subsets, train_on)
+        data = EntropySubsetsDataset(tensors[0], tensors[1], batch_size, seed, entropy_subsets, train_on, augment=augment)
     data.info = {"num_classes": 10, "in_channels": 1, "image_size": 28}
     return data
 
@@ -134,13 +144,13 @@ class EntropySubsetsDataset(ArrayDataset):
 
     SUBSETS = ("low_entropy", "high_entropy")
 
-    def __init__(self, train, test, batch_size, seed, subsets_file, train_on):
+    def __init__(self, train, test, batch_size, seed, subsets_file, train_on, augment=None):
         self.full_train_x = train[0]
         self.subsets = load_entropy_subsets(subsets_file, len(train[0]))
         if train_on != "all":
             index = self.subsets[train_on]
             train = (train[0][index], train[1][index])
-        super().__init__(train, test, batch_size, seed)
+        super().__init__(train, test, batch_size, seed, augment=augment)
 
     def final_metrics(self, model, device):
         from harness.metrics import prediction_entropy

@@ -8,7 +8,7 @@ import torch
 
 from harness.data import DataPaths, build_dataset
 from harness.data.files import RemoteFile, fetch_files, file_md5
-from harness.errors import DataNotFoundError
+from harness.errors import ConfigError, DataNotFoundError
 from tests.conftest import SHARED_DATA
 
 
@@ -99,6 +99,26 @@ def test_mnist_from_the_mirror(tmp_path):
     data = build_dataset({"name": "mnist", "batch_size": 64}, paths_for(tmp_path, SHARED_DATA), seed=0)
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert data.train_y[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="the offline mirror (../shared/data) is not on this machine")
+def test_mnist_bernoulli_resampling_binarises_each_training_batch_anew(tmp_path):
+    config = {"name": "mnist", "batch_size": 500, "normalize": False, "bernoulli_resample": True}
+    data = build_dataset(config, paths_for(tmp_path, SHARED_DATA), seed=0)
+    plain = build_dataset({**config, "bernoulli_resample": False}, paths_for(tmp_path, SHARED_DATA), seed=0)
+    x, y = data.train_batch(3)
+    x_plain, y_plain = plain.train_batch(3)
+    assert torch.equal(y, y_plain) and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(x[x_plain == 0], torch.zeros_like(x[x_plain == 0])), "a black pixel stays black"
+    assert torch.equal(x[x_plain == 1], torch.ones_like(x[x_plain == 1])), "a white pixel stays white"
+    grey = (x_plain > 0.2) & (x_plain < 0.8)
+    assert abs(x[grey].mean().item() - x_plain[grey].mean().item()) < 0.02, "E[draw] = the pixel's intensity"
+    assert torch.equal(data.train_batch(3)[0], x), "the same step draws the same batch (resume)"
+    assert not torch.equal(data.train_batch(4 + data.steps_per_epoch)[0], plain.train_batch(4 + data.steps_per_epoch)[0])
+    assert torch.equal(data.test_x, plain.test_x), "the test set is not resampled"
+    with pytest.raises(ConfigError, match="bernoulli_resample=true needs pixels in \\[0, 1\\]"):
+        build_dataset({**config, "normalize": True}, paths_for(tmp_path, SHARED_DATA), seed=0)
 
 
 def test_cifar_reads_an_extracted_pickle_folder(tmp_path):

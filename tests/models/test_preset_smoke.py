@@ -34,6 +34,7 @@ REDUCED = {
     "e3_logistic_mnist": ["dataset.batch_size=2"],  # 614,656 outer-product features per image; MNIST's 10k test set stays
     "e5_xor_rank": ["dataset.eval_size=16"],
     "forgetting_resnet18_cifar10": ["dataset.batch_size=2"],  # + per-example statistics of the 200 stand-in images
+    "fig6_logistic_mnist_bernoulli": ["dataset.batch_size=2"],  # as e3_logistic_mnist
     "grokking": [],  # p = 97, batch 512 of 4 tokens: already small
     "imagenet_resnet50": ["dataset.batch_size=2", "dataset.max_eval_images=2", "dataset.workers=1", "trainer.max_steps=1"],
     # + dataset.data_dir: the mirror's first lines prepared with a 1k BPE (dataset.train_from=valid on the whole mirror

@@ -33,6 +33,7 @@ MAPPINGS = {
     "psgd_table10_entropy_forgettability": ["psgd_forgetting"],
     "psgd_e5_xor_rank": ["psgd_e5"],
     "psgd_fig3_mnist_lra_rank": ["psgd_fig3"],
+    "psgd_fig6_logistic_bernoulli": ["psgd_fig6"],
     "psgd_fig1_ppo": ["psgd_fig1_ppo"],
     "llqr_fig3_grokking": ["llqr_grokking"],
 }
