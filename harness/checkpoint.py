@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from harness.atomic import replace_from_temporary
+from harness.errors import ConfigError
 
 
 def rng_state():
@@ -81,3 +82,17 @@ class CheckpointManager:
             except Exception as error:  # truncated file, bad zip, unpickling error: fall back to an older one
                 warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); trying the previous one")
         return None, None
+
+
+def model_weights_from(source):
+    """The model weights a run starts from with `trainer.init_from`: a checkpoint file, or the newest readable
+    checkpoint of a run directory (PSGD paper Fig. 2a trains on clean labels from a model trained on noisy ones)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        payload = CheckpointManager(path).load_latest()[0]
+    else:
+        payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise ConfigError(f"trainer.init_from={str(source)!r} holds no readable checkpoint: give a run directory with "
+                          "checkpoints/ (run it with checkpoint.at_end=true) or a step_*.pt file")
+    return payload["model"]

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from harness.checkpoint import CheckpointManager, rng_state, set_rng_state
+from harness.checkpoint import CheckpointManager, model_weights_from, rng_state, set_rng_state
 from harness.data import DataPaths, build_dataset, to_device
 from harness.distributed import Distributed
 from harness.errors import ConfigError, NonFiniteLossError
@@ -187,6 +187,11 @@ def build_run(cfg, device):
     run, trainer = RunParts(), cfg.trainer
     run.dataset = build_dataset(cfg.dataset, DataPaths.from_config(cfg.data), cfg.seed)
     run.model = build_model(cfg.model, run.dataset.info).to(device)
+    if trainer.init_from:  # another run's weights; a run that resumes continues from its own checkpoint instead
+        try:
+            run.model.load_state_dict(model_weights_from(trainer.init_from))
+        except RuntimeError as error:
+            raise ConfigError(f"trainer.init_from={trainer.init_from!r} does not fit model={cfg.model.name}: {error}") from error
     run.total_steps = total_steps_of(trainer, run.dataset)
     run.sample_generator = torch.Generator().manual_seed(cfg.seed + 104_729)
 

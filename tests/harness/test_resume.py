@@ -69,3 +69,28 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
     a, b = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "killed")
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path):
+    from harness.errors import ConfigError
+
+    run(["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.max_steps=5"], tmp_path / "first")
+    start = final_parameters(tmp_path / "first")
+    _, summary = run(["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.max_steps=1", "optimizer.lr=0",
+                      f"trainer.init_from={tmp_path / 'first'}"], tmp_path / "second")
+    second = final_parameters(tmp_path / "second")
+    for name in start:  # lr 0: the second run ends where it started
+        assert torch.equal(start[name], second[name]), name
+    newest = sorted((tmp_path / "first" / "checkpoints").glob("step_*.pt"))[-1]
+    run(["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.max_steps=1", "optimizer.lr=0",
+         f"trainer.init_from={newest}"], tmp_path / "from_file")
+    assert all(torch.equal(start[n], final_parameters(tmp_path / "from_file")[n]) for n in start)
+    fresh = run(["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.max_steps=1", "optimizer.lr=0"],
+                tmp_path / "fresh")
+    assert not all(torch.equal(start[n], final_parameters(tmp_path / "fresh")[n]) for n in start) and fresh
+    with pytest.raises(ConfigError, match="holds no readable checkpoint"):
+        run(["model=mlp", "dataset=digits", "optimizer=sgd", "trainer.max_steps=1",
+             f"trainer.init_from={tmp_path / 'missing'}"], tmp_path / "third")
+    with pytest.raises(ConfigError, match="does not fit model=lenet5"):
+        run(["model=lenet5", "dataset=digits", "optimizer=sgd", "trainer.max_steps=1",
+             f"trainer.init_from={tmp_path / 'first'}"], tmp_path / "fourth")

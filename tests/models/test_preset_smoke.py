@@ -34,6 +34,10 @@ REDUCED = {
     "e3_logistic_mnist": ["dataset.batch_size=2"],  # 614,656 outer-product features per image; MNIST's 10k test set stays
     "e5_xor_rank": ["dataset.eval_size=16"],
     "forgetting_resnet18_cifar10": ["dataset.batch_size=2"],  # + per-example statistics of the 200 stand-in images
+    # stage 2 of Fig. 2a starts from a stage-1 run that a smoke test does not have (init_from: tests/harness/test_resume.py)
+    "fig2a_from_psgd_noisy": ["dataset.batch_size=2", "trainer.init_from=null"],
+    "fig2a_from_sgd_noisy": ["dataset.batch_size=2", "trainer.init_from=null"],
+    "fig2a_noisy_to_clean_cifar10": ["dataset.batch_size=2"],
     "fig6_logistic_mnist_bernoulli": ["dataset.batch_size=2"],  # as e3_logistic_mnist
     "grokking": [],  # p = 97, batch 512 of 4 tokens: already small
     "imagenet_resnet50": ["dataset.batch_size=2", "dataset.max_eval_images=2", "dataset.workers=1", "trainer.max_steps=1"],

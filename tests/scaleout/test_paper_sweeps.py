@@ -32,6 +32,7 @@ MAPPINGS = {
     "psgd_table7_forgetting": ["psgd_table7", "psgd_forgetting"],
     "psgd_table10_entropy_forgettability": ["psgd_forgetting"],
     "psgd_e5_xor_rank": ["psgd_e5"],
+    "psgd_fig2a_noisy_to_clean": ["psgd_fig2a"],
     "psgd_fig3_mnist_lra_rank": ["psgd_fig3"],
     "psgd_fig6_logistic_bernoulli": ["psgd_fig6"],
     "psgd_fig1_ppo": ["psgd_fig1_ppo"],
