@@ -37,6 +37,8 @@ MAPPINGS = {
     "psgd_fig6_logistic_bernoulli": ["psgd_fig6"],
     "psgd_fig1_ppo": ["psgd_fig1_ppo"],
     "llqr_fig3_grokking": ["llqr_grokking"],
+    "llqr_fig5_cifar": ["llqr_cifar"],
+    "llqr_fig1": ["imagenet_resnet50", "iwslt14_transformer"],
 }
 # Mappings that select runs under other names than the presets the sweeps use (the lead updates these mappings);
 # strict: once a mapping is fixed the test passes and the mark must go.
